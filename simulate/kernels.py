@@ -1,0 +1,84 @@
+"""The generated-kernel interface: the contract between ``discover.codegen`` and the simulator.
+
+A kernel module is a standalone Python file that imports only ``numpy``, ``numba`` and
+``math``. It defines, at module level:
+
+``SPECIES``
+    tuple of element symbols, e.g. ``("O", "H")``. An atom's *type* is the index of its
+    species in this tuple.
+``MASSES_AMU``
+    tuple of masses in amu, one per species.
+``CUTOFF_ANGSTROM``
+    float, the pair cutoff r_c. Beyond it energy and force are exactly zero.
+``pair_energy_force(type_i, type_j, r)``
+    ``@numba.njit`` scalar kernel. ``r`` is a distance in Å with 0 < r. Returns a tuple
+    ``(u_ev, force_over_r)`` where ``u_ev = u_{A_i A_j}(r)`` in eV and
+    ``force_over_r = -u'(r) / r`` in eV/Å². The force on atom i from atom j is
+    ``force_over_r * (x_i - x_j)``. Symmetric in (type_i, type_j), so Newton's third law holds.
+``energy_forces(positions, types, box)``
+    plain O(N²) minimum-image reference for small systems (orthorhombic ``box`` of three
+    lengths in Å). Returns ``(energy_ev, forces_ev_per_angstrom (N,3), atom_loss_ev (N,))``
+    where ``atom_loss_ev[k] = H_{A_k}(k) = Σ_j u(r_kj)`` is atom k's own loss and the total
+    energy is ``E = ½ Σ_k H_{A_k}(k)`` for a pairwise model.
+
+Optional, for many-body models:
+
+``THREEBODY_CUTOFF_ANGSTROM``
+    float, the cutoff r_3 of the three-body term (0 or absent: no three-body term).
+``triplet_energy_gradient(type_k, type_j, type_l, r_kj, r_kl, cos_theta)``
+    ``@numba.njit`` scalar kernel for the term w centred on atom k with neighbours j < l.
+    Returns ``(w_ev, dw_dr_kj, dw_dr_kl, dw_dcos)``; zero when r_kj or r_kl ≥ r_3. Must be
+    symmetric under swapping (j, r_kj) with (l, r_kl).
+
+Per-atom loss and energy:
+    pairwise: H_k = Σ_j u(r_kj);   E = ½ Σ_k Σ_j u(r_kj)
+    three-body: w for centre k is added to H_k in full and to E once.
+
+Kernel modules are code, produced by mld or written by hand, and are imported as such.
+Model *files* (``model.json``) are data and are never executed; see ``discover.model``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from simulate.errors import MldError
+
+REQUIRED_NAMES = ("SPECIES", "MASSES_AMU", "CUTOFF_ANGSTROM", "pair_energy_force", "energy_forces")
+
+
+class KernelModuleError(MldError, ValueError):
+    """A kernel module that does not follow the interface."""
+
+
+def load_kernel_module(path: str | Path) -> ModuleType:
+    """Import a kernel module from its file and check that it follows the interface."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "kernels.py"
+    if not path.is_file():
+        raise KernelModuleError(f"{path}: no such kernel module")
+    name = f"mld_kernels_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # numba caching needs the module importable by name
+    spec.loader.exec_module(module)
+    check_kernel_module(module, str(path))
+    return module
+
+
+def check_kernel_module(module: ModuleType, label: str = "kernel module") -> None:
+    missing = [n for n in REQUIRED_NAMES if not hasattr(module, n)]
+    if missing:
+        raise KernelModuleError(f"{label}: missing {', '.join(missing)} (see simulate.kernels)")
+    if len(module.SPECIES) != len(module.MASSES_AMU):
+        raise KernelModuleError(f"{label}: SPECIES and MASSES_AMU differ in length")
+    if not module.CUTOFF_ANGSTROM > 0:
+        raise KernelModuleError(f"{label}: CUTOFF_ANGSTROM must be positive")
+
+
+def has_threebody(module: ModuleType) -> bool:
+    return getattr(module, "THREEBODY_CUTOFF_ANGSTROM", 0.0) > 0 and hasattr(module, "triplet_energy_gradient")
