@@ -63,3 +63,37 @@ def species_types(species: np.ndarray, species_names) -> np.ndarray:
     """Integer type of each atom: the index of its element in ``species_names``."""
     lookup = {name: k for k, name in enumerate(species_names)}
     return np.array([lookup[str(s)] for s in species], dtype=np.int64)
+
+
+def stack_pair_tables(
+    positions: np.ndarray, cells: np.ndarray, types: np.ndarray, cutoff: float, n_species: int
+) -> PairTable:
+    """Pairs of many frames (F,N,3) in one table; atom indices are global, ``frame * N + atom``.
+
+    Per-atom quantities of all frames then live in one flat (F·N,) axis, so forces of every
+    frame come from one ``scatter_pair_forces`` call.
+    """
+    n_atoms = positions.shape[1]
+    tables = [pair_table(positions[f], cells[f], types, cutoff, n_species) for f in range(positions.shape[0])]
+    offsets = np.arange(len(tables)) * n_atoms
+    return PairTable(
+        i=np.concatenate([t.i + o for t, o in zip(tables, offsets)]),
+        j=np.concatenate([t.j + o for t, o in zip(tables, offsets)]),
+        r=np.concatenate([t.r for t in tables]),
+        displacement=np.concatenate([t.displacement for t in tables]),
+        pair_type=np.concatenate([t.pair_type for t in tables]),
+    )
+
+
+def scatter_pair_forces(pairs: PairTable, force_over_r: np.ndarray, n_atoms_total: int) -> np.ndarray:
+    """Per-atom forces (n_atoms_total, 3) from pair values f(r)/r, with f = −du/dr in eV/Å.
+
+    Atom i gets ``f/r · (x_i − x_j)`` and atom j the opposite, so Newton's third law holds by construction.
+    """
+    pair_forces = force_over_r[:, None] * pairs.displacement
+    forces = np.zeros((n_atoms_total, 3))
+    for axis in range(3):
+        forces[:, axis] = np.bincount(pairs.i, pair_forces[:, axis], minlength=n_atoms_total) - np.bincount(
+            pairs.j, pair_forces[:, axis], minlength=n_atoms_total
+        )
+    return forces
