@@ -40,6 +40,8 @@ BOHR_PER_AU_TIME_TO_ANGSTROM_PER_FS = BOHR_TO_ANGSTROM / AU_TIME_TO_FS
 EV_PER_ANGSTROM_PER_AMU_TO_ANGSTROM_PER_FS2 = EV_TO_JOULE / AMU_TO_KG * 1e-10
 # ½ m v² with m in amu and v in Å/fs, expressed in eV.
 AMU_ANGSTROM2_PER_FS2_TO_EV = 1.0 / EV_PER_ANGSTROM_PER_AMU_TO_ANGSTROM_PER_FS2
+# diffusion: 1 Å²/fs = 1e-20 m² / 1e-15 s = 1e-5 m²/s = 1e4 × 1e-9 m²/s
+ANGSTROM2_PER_FS_TO_1E9_M2_PER_S = 1e4
 # pressure: eV/Å³ in bar
 EV_PER_ANGSTROM3_TO_BAR = EV_TO_JOULE * 1e30 / 1e5
 
