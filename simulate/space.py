@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from simulate.errors import MldError
+
 
 def perpendicular_widths(cell: np.ndarray) -> np.ndarray:
     """Distances between opposite faces of the cell (Å): volume / |a_j × a_k|."""
@@ -45,3 +47,19 @@ def wrap_positions(positions: np.ndarray, cell: np.ndarray) -> np.ndarray:
     fractional = positions @ np.linalg.inv(cell)
     fractional -= np.floor(fractional)
     return fractional @ cell
+
+
+def box_lengths(box) -> np.ndarray:
+    """The three edge lengths (Å) of an orthorhombic box given as lengths (3,) or a cell (3,3).
+
+    The MD engine works in orthorhombic boxes only; a triclinic cell is refused here, at the edge.
+    """
+    box = np.asarray(box, dtype=float)
+    if box.shape == (3, 3):
+        if not is_orthorhombic(box):
+            raise MldError("the MD engine needs an orthorhombic box; this cell is triclinic")
+        box = np.diag(box).copy()
+    if box.shape != (3,) or not np.all(np.isfinite(box)) or np.any(box <= 0):
+        raise MldError(f"box must be three positive lengths in Å, got {box.tolist()}")
+    return box
+

@@ -1,0 +1,386 @@
+"""The run loop: integrate, log, checkpoint, and stop cleanly when a run blows up.
+
+:func:`simulate` is the one entry point the CLI calls (``mld simulate``). It writes into ``out_dir``:
+
+``thermo.csv``
+    every ``thermo_every`` steps: step, time (fs), temperature (K), kinetic, potential, total and
+    conserved energy (eV), pressure (bar).
+``trajectory.xyz``
+    extended XYZ every ``trajectory_every`` steps (see :mod:`simulate.trajectory`).
+``checkpoint.npz``
+    every ``checkpoint_every`` steps and at the end, written atomically. It holds everything the
+    next step depends on — positions, velocities, thermostat chain, random-generator state, the
+    neighbour list's reference positions (the list is rebuilt from them exactly), the step — and
+    the lengths of both logs, so ``resume=True`` cuts the logs back and continues bit for bit.
+``last_good.xyz``
+    only after a blow-up: the last frame that passed the checks (a checkpoint of it is written too).
+
+A step fails when a position, velocity or force is not finite, a force exceeds
+``max_force_ev_per_angstrom``, or two atoms come closer than ``min_distance_angstrom``; the run then
+raises :class:`SimulationBlowUp` naming the step and the atoms.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import numba
+import numpy as np
+
+from simulate import energy, integrate, partition, quantity, setup, trajectory
+from simulate.errors import MldError
+from simulate.fileio import atomic_path
+from simulate.space import box_lengths, minimum_image
+
+CHECKPOINT_VERSION = 1
+THERMOSTATS = ("nose-hoover", "nve", "langevin")
+THERMO_COLUMNS = (
+    "step", "time_fs", "temperature_k", "kinetic_ev", "potential_ev", "total_ev", "conserved_ev", "pressure_bar",
+)
+
+
+class SimulationBlowUp(MldError, RuntimeError):
+    """A run produced a non-finite value, a huge force or overlapping atoms."""
+
+
+class CheckpointError(MldError, ValueError):
+    """A checkpoint that cannot be resumed with the given settings."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    out_dir: Path
+    steps: int  # the step reached
+    state: tuple  # the integrator state at that step
+    thermo_path: Path
+    trajectory_path: Path
+    checkpoint_path: Path
+    wall_s: float  # time in the loop, this call only
+    ns_per_day: float
+    neighbor_builds: int  # list rebuilds during this call
+
+
+def ns_per_day(steps: int, dt_fs: float, seconds: float) -> float:
+    """Simulated nanoseconds per day of wall time."""
+    return steps * dt_fs * 1e-6 / seconds * 86400.0 if seconds > 0 else math.inf
+
+
+# --- health check ----------------------------------------------------------------------------------
+
+
+@numba.njit(cache=True)
+def _health(positions, velocities, forces, nearest):
+    """(first non-finite atom or −1, atom with the largest force, that |F|², atom nearest another, distance)."""
+    bad = -1
+    worst_atom = 0
+    worst_f2 = 0.0
+    close_atom = 0
+    close_r = np.inf
+    for i in range(positions.shape[0]):
+        f2 = forces[i, 0] ** 2 + forces[i, 1] ** 2 + forces[i, 2] ** 2
+        ok = np.isfinite(f2)
+        for d in range(3):
+            ok = ok and np.isfinite(positions[i, d]) and np.isfinite(velocities[i, d])
+        if not ok and bad < 0:
+            bad = i
+        if f2 > worst_f2:
+            worst_f2 = f2
+            worst_atom = i
+        if nearest[i] < close_r:
+            close_r = nearest[i]
+            close_atom = i
+    return bad, worst_atom, worst_f2, close_atom, close_r
+
+
+def _failure(state, species, box: np.ndarray, step: int, max_force: float, min_distance: float) -> str | None:
+    """None if the state is healthy, else one line naming the step and the atom(s)."""
+    force = state.force
+    bad, worst, worst_f2, close, close_r = _health(
+        state.positions, state.velocities, force.forces_ev_per_angstrom, force.nearest_angstrom
+    )
+    if bad >= 0 or not math.isfinite(force.energy_ev):
+        atom = max(bad, 0)
+        return f"step {step}: non-finite position, velocity or force on atom {atom} ({species[atom]})"
+    if worst_f2 > max_force**2:
+        return (
+            f"step {step}: force on atom {worst} ({species[worst]}) is {math.sqrt(worst_f2):.3g} eV/Å, "
+            f"beyond the bound {max_force:g} eV/Å"
+        )
+    if close_r < min_distance:
+        d = minimum_image(state.positions - state.positions[close], np.diag(box))
+        r = np.sqrt(np.einsum("ij,ij->i", d, d))
+        r[close] = np.inf
+        other = int(np.argmin(r))
+        return (
+            f"step {step}: atoms {close} ({species[close]}) and {other} ({species[other]}) are "
+            f"{close_r:.3f} Å apart, closer than {min_distance:g} Å"
+        )
+    return None
+
+
+# --- logs ------------------------------------------------------------------------------------------
+
+
+def _thermo_row(step: int, dt_fs: float, state, integrator: integrate.Integrator, box: np.ndarray) -> str:
+    kinetic = float(quantity.kinetic_energy_ev(state.velocities, state.masses))
+    temperature = float(quantity.temperature_k(state.velocities, state.masses))
+    potential = state.force.energy_ev
+    values = (
+        temperature, kinetic, potential, kinetic + potential, integrator.conserved_energy_ev(state),
+        quantity.pressure_bar(kinetic, state.force.virial_ev, box),
+    )
+    return f"{step},{step * dt_fs:.6f}," + ",".join(f"{v:.12g}" for v in values) + "\n"
+
+
+def _frame(step: int, dt_fs: float, state, species, box: np.ndarray) -> str:
+    info = {
+        "step": step,
+        "time_fs": f"{step * dt_fs:.6f}",
+        "energy": f"{state.force.energy_ev:.12g}",
+        "temperature_k": f"{float(quantity.temperature_k(state.velocities, state.masses)):.6f}",
+    }
+    return trajectory.extxyz_frame(
+        species, state.positions, box, state.velocities, state.force.forces_ev_per_angstrom,
+        state.force.atom_loss_ev, info,
+    )
+
+
+# --- checkpoints -----------------------------------------------------------------------------------
+
+
+def _kernel_fingerprint(kernel_module: ModuleType) -> str:
+    path = getattr(kernel_module, "__file__", None)
+    if path and Path(path).is_file():
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return getattr(kernel_module, "__name__", "unknown")
+
+
+def _settings(kernel_module, species, box, dt_fs, thermostat, temperature_k, tau_fs, friction_per_fs, seed,
+              skin_angstrom) -> dict:
+    """Everything a resumed run must share with the run that wrote the checkpoint."""
+    return {
+        "kernel": _kernel_fingerprint(kernel_module),
+        "n_atoms": len(species),
+        "species": "".join(f"{s} " for s in species),
+        "box_angstrom": [float(v) for v in box],
+        "dt_fs": float(dt_fs),
+        "thermostat": thermostat,
+        "temperature_k": float(temperature_k),
+        "tau_fs": float(tau_fs),
+        "friction_per_fs": float(friction_per_fs),
+        "seed": int(seed),
+        "skin_angstrom": float(skin_angstrom),
+    }
+
+
+def write_checkpoint(path: Path, step: int, state, settings: dict, thermo_bytes: int, trajectory_bytes: int) -> None:
+    """Atomically write everything needed to continue from ``step`` exactly."""
+    arrays = {
+        "positions": state.positions,
+        "velocities": state.velocities,
+        "neighbor_reference_positions": state.neighbors.reference_positions,
+    }
+    extra = {}
+    if isinstance(state, integrate.NoseHooverChainState):
+        arrays.update(chain_xi=state.chain.xi, chain_v_xi=state.chain.v_xi, chain_q_mass=state.chain.q_mass)
+    if isinstance(state, integrate.LangevinState):
+        extra = {"rng_state": integrate.rng_state_json(state.rng), "heat_ev": repr(float(state.heat_ev))}
+    meta = {
+        "version": CHECKPOINT_VERSION,
+        "step": int(step),
+        "settings": settings,
+        "thermo_bytes": int(thermo_bytes),
+        "trajectory_bytes": int(trajectory_bytes),
+        **extra,
+    }
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, meta=np.array(json.dumps(meta)), **arrays)
+
+
+def read_checkpoint(path: Path) -> tuple[dict, dict]:
+    """(meta, arrays) of a checkpoint file."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files if k != "meta"}
+            meta = json.loads(str(npz["meta"]))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+    if meta.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {meta.get('version')}, expected {CHECKPOINT_VERSION}")
+    return meta, arrays
+
+
+def _restore(meta: dict, arrays: dict, masses, force_fn, box, cutoff, skin):
+    """The integrator state at the checkpoint, rebuilt exactly (list from its reference positions)."""
+    neighbors = partition.neighbor_list(arrays["neighbor_reference_positions"], box, cutoff, skin)
+    neighbors, force = force_fn(arrays["positions"], neighbors)
+    base = (arrays["positions"], arrays["velocities"], masses, force, neighbors)
+    thermostat = meta["settings"]["thermostat"]
+    if thermostat == "nve":
+        return integrate.NVEState(*base)
+    if thermostat == "nose-hoover":
+        chain = integrate.ChainState(arrays["chain_xi"], arrays["chain_v_xi"], arrays["chain_q_mass"])
+        return integrate.NoseHooverChainState(*base, chain)
+    return integrate.LangevinState(*base, integrate.rng_from_json(meta["rng_state"]), float(meta["heat_ev"]))
+
+
+# --- the run ---------------------------------------------------------------------------------------
+
+
+def make_integrator(force_fn, thermostat: str, dt_fs: float, temperature_k: float, tau_fs: float,
+                    friction_per_fs: float, seed: int) -> integrate.Integrator:
+    if thermostat == "nve":
+        return integrate.nve(force_fn, dt_fs)
+    if thermostat == "nose-hoover":
+        return integrate.nvt_nose_hoover(force_fn, dt_fs, temperature_k, tau_fs=tau_fs)
+    if thermostat == "langevin":
+        return integrate.nvt_langevin(force_fn, dt_fs, temperature_k, friction_per_fs=friction_per_fs, seed=seed)
+    raise MldError(f"unknown thermostat {thermostat!r}; choose one of {', '.join(THERMOSTATS)}")
+
+
+def atom_types(kernel_module: ModuleType, species) -> np.ndarray:
+    """Each atom's type: the index of its element in the kernel's SPECIES."""
+    lookup = {name: k for k, name in enumerate(kernel_module.SPECIES)}
+    unknown = sorted({str(s) for s in species} - set(lookup))
+    if unknown:
+        raise MldError(
+            f"the model knows species {', '.join(kernel_module.SPECIES)}, not {', '.join(unknown)}"
+        )
+    return np.array([lookup[str(s)] for s in species], dtype=np.int64)
+
+
+def simulate(
+    kernel_module: ModuleType,
+    species,
+    positions: np.ndarray,
+    box,
+    velocities: np.ndarray | None = None,
+    *,
+    steps: int,
+    dt_fs: float = 0.5,
+    temperature_k: float = 300.0,
+    thermostat: str = "nose-hoover",
+    out_dir: str | Path,
+    tau_fs: float = 100.0,
+    friction_per_fs: float = 0.01,
+    seed: int = 0,
+    skin_angstrom: float = 1.0,
+    thermo_every: int = 10,
+    trajectory_every: int = 100,
+    checkpoint_every: int = 1000,
+    max_force_ev_per_angstrom: float = 1e3,
+    min_distance_angstrom: float = 0.5,
+    resume: bool = False,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> RunResult:
+    """Run ``steps`` steps of MD of a kernel module from one frame, writing logs into ``out_dir``.
+
+    ``velocities`` (Å/fs) default to Maxwell–Boltzmann at ``temperature_k`` drawn with ``seed``;
+    given ones keep their values less the centre-of-mass motion. With ``resume`` and a checkpoint
+    in ``out_dir`` the run continues from it up to step ``steps`` (the starting frame is then not
+    used) and its files end exactly as an unbroken run's would. ``progress(step, steps,
+    elapsed_s)`` is called after every thermo row.
+    """
+    out_dir = Path(out_dir)
+    species = np.asarray(species).astype(str)
+    box = box_lengths(box)
+    positions = np.asarray(positions, dtype=float)
+    if positions.shape != (len(species), 3):
+        raise MldError(f"positions have shape {positions.shape}, expected ({len(species)}, 3)")
+    if thermostat not in THERMOSTATS:
+        raise MldError(f"unknown thermostat {thermostat!r}; choose one of {', '.join(THERMOSTATS)}")
+    if not (dt_fs > 0 and steps >= 0):
+        raise MldError(f"need dt_fs > 0 and steps ≥ 0, got dt_fs={dt_fs}, steps={steps}")
+    types = atom_types(kernel_module, species)
+    masses = np.array(kernel_module.MASSES_AMU, dtype=float)[types]
+    force_fn = energy.make_force_fn(kernel_module, types, box, skin_angstrom)
+    integrator = make_integrator(force_fn, thermostat, dt_fs, temperature_k, tau_fs, friction_per_fs, seed)
+    settings = _settings(kernel_module, species, box, dt_fs, thermostat, temperature_k, tau_fs, friction_per_fs,
+                         seed, skin_angstrom)
+    thermo_path = out_dir / "thermo.csv"
+    trajectory_path = out_dir / "trajectory.xyz"
+    checkpoint_path = out_dir / "checkpoint.npz"
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    if resume and checkpoint_path.exists():
+        meta, arrays = read_checkpoint(checkpoint_path)
+        if meta["settings"] != settings:
+            changed = sorted(k for k in settings if meta["settings"].get(k) != settings[k])
+            raise CheckpointError(f"{checkpoint_path}: written with different settings ({', '.join(changed)})")
+        step = int(meta["step"])
+        state = _restore(meta, arrays, masses, force_fn, box, energy.interaction_cutoff_angstrom(kernel_module),
+                         skin_angstrom)
+        trajectory.truncate(thermo_path, meta["thermo_bytes"])
+        trajectory.truncate(trajectory_path, meta["trajectory_bytes"])
+    else:
+        if velocities is None:
+            velocities = setup.maxwell_boltzmann(masses, temperature_k, seed)
+        else:
+            velocities = setup.remove_com_momentum(np.asarray(velocities, dtype=float), masses)
+        step = 0
+        state = integrator.init(positions, velocities, masses)
+        failure = _failure(state, species, box, 0, max_force_ev_per_angstrom, min_distance_angstrom)
+        if failure:
+            raise SimulationBlowUp(f"starting frame: {failure.split(': ', 1)[1]}")
+        (out_dir / "last_good.xyz").unlink(missing_ok=True)
+        with atomic_path(thermo_path) as tmp:
+            tmp.write_text(",".join(THERMO_COLUMNS) + "\n" + _thermo_row(0, dt_fs, state, integrator, box))
+        with atomic_path(trajectory_path) as tmp:
+            tmp.write_text(_frame(0, dt_fs, state, species, box))
+
+    def checkpoint(at_step, at_state):
+        write_checkpoint(checkpoint_path, at_step, at_state, settings, trajectory.file_size(thermo_path),
+                         trajectory.file_size(trajectory_path))
+
+    start_step = step
+    builds = 0
+    started = time.perf_counter()
+    try:
+        while step < steps:
+            new_state = integrator.step(state)
+            failure = _failure(new_state, species, box, step + 1, max_force_ev_per_angstrom,
+                               min_distance_angstrom)
+            if failure:
+                with atomic_path(out_dir / "last_good.xyz") as tmp:
+                    tmp.write_text(_frame(step, dt_fs, state, species, box))
+                checkpoint(step, state)
+                raise SimulationBlowUp(
+                    f"{failure}; last good frame (step {step}) in {out_dir / 'last_good.xyz'}, "
+                    f"checkpoint in {checkpoint_path}"
+                )
+            builds += new_state.neighbors is not state.neighbors
+            state = new_state
+            step += 1
+            if step % thermo_every == 0:
+                trajectory.append_text(thermo_path, _thermo_row(step, dt_fs, state, integrator, box))
+                if progress is not None:
+                    progress(step, steps, time.perf_counter() - started)
+            if step % trajectory_every == 0:
+                trajectory.append_text(trajectory_path, _frame(step, dt_fs, state, species, box))
+            if step % checkpoint_every == 0 and step < steps:
+                checkpoint(step, state)
+    except KeyboardInterrupt:
+        checkpoint(step, state)  # an interrupted run can be resumed
+        raise
+    wall_s = time.perf_counter() - started
+    checkpoint(step, state)
+    return RunResult(
+        out_dir=out_dir,
+        steps=step,
+        state=state,
+        thermo_path=thermo_path,
+        trajectory_path=trajectory_path,
+        checkpoint_path=checkpoint_path,
+        wall_s=wall_s,
+        ns_per_day=ns_per_day(step - start_step, dt_fs, wall_s),
+        neighbor_builds=builds,
+    )
+

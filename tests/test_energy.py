@@ -1,0 +1,117 @@
+"""Forces from the neighbour loop: equal to the kernels' brute-force reference, and −∇E."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from simulate import energy, setup
+from simulate.kernels import load_kernel_module
+from simulate.md import atom_types
+from tests.kernel_examples.starting_frames import water32_frame
+
+EXAMPLES = Path(__file__).parent / "kernel_examples"
+
+
+@pytest.fixture(scope="module")
+def morse():
+    return load_kernel_module(EXAMPLES / "morse_water.py")
+
+
+@pytest.fixture(scope="module")
+def triplet():
+    return load_kernel_module(EXAMPLES / "sw_triplet.py")
+
+
+@pytest.fixture(scope="module")
+def argon():
+    return load_kernel_module(EXAMPLES / "lj_argon.py")
+
+
+def forces_of(kernel, species, positions, box, skin=1.0):
+    force_fn = energy.make_force_fn(kernel, atom_types(kernel, species), box, skin)
+    return force_fn(positions, None)[1]
+
+
+def assert_matches_reference(kernel, species, positions, box):
+    result = forces_of(kernel, species, positions, box)
+    e_ref, f_ref, loss_ref = kernel.energy_forces(positions, atom_types(kernel, species), box)
+    assert result.energy_ev == pytest.approx(e_ref, rel=1e-12, abs=1e-10)
+    np.testing.assert_allclose(result.forces_ev_per_angstrom, f_ref, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(result.atom_loss_ev, loss_ref, rtol=1e-10, atol=1e-10)
+    return result
+
+
+def test_forces_on_the_real_water_frame_equal_brute_force(morse):
+    species, positions, box, _ = water32_frame()
+    result = assert_matches_reference(morse, species, positions, box)
+    assert np.abs(result.forces_ev_per_angstrom).max() > 1.0  # a real, non-trivial configuration
+
+
+def test_cell_list_forces_on_a_replicated_box_equal_brute_force(morse):
+    species, positions, box, _ = water32_frame()
+    positions, species, box = setup.replicate(positions, species, box, (3, 2, 2))  # 1152 atoms, cell lists
+    assert_matches_reference(morse, species, positions, box)
+
+
+@pytest.mark.parametrize("edge", [17.01, 20.0, 26.0])
+def test_forces_of_random_liquids_equal_brute_force_down_to_twice_the_cutoff(argon, edge):
+    # LJ cutoff 8.5 Å: at 17.01 Å the cutoff is just inside half the box
+    rng = np.random.default_rng(int(edge))
+    n = 150
+    grid = np.stack(np.meshgrid(*[np.arange(6)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    # one atom per grid cell, jittered: random but never overlapping
+    positions = (grid[rng.choice(len(grid), n, replace=False)] + rng.uniform(0.35, 0.65, (n, 3))) * edge / 6
+    positions += rng.integers(-2, 3, (n, 3)) * edge  # unwrapped, as after a long run
+    assert_matches_reference(argon, ["Ar"] * n, positions, np.full(3, edge))
+
+
+def test_three_body_forces_equal_brute_force(triplet):
+    species, positions, box, _ = water32_frame()
+    result = assert_matches_reference(triplet, species, positions, box)
+    pair_only = forces_of(load_kernel_module(EXAMPLES / "morse_water.py"), species, positions, box)
+    assert abs(result.energy_ev - pair_only.energy_ev) > 1e-3  # the triplet term is really there
+
+
+@pytest.mark.parametrize("name", ["morse_water.py", "sw_triplet.py"])
+def test_forces_are_minus_the_energy_gradient(name):
+    kernel = load_kernel_module(EXAMPLES / name)
+    species, positions, box, _ = water32_frame()
+    result = forces_of(kernel, species, positions, box)
+    h = 1e-5
+    for atom in (0, 1, 2, 40, 95):
+        for axis in range(3):
+            plus, minus = positions.copy(), positions.copy()
+            plus[atom, axis] += h
+            minus[atom, axis] -= h
+            derivative = (forces_of(kernel, species, plus, box).energy_ev
+                          - forces_of(kernel, species, minus, box).energy_ev) / (2 * h)
+            assert result.forces_ev_per_angstrom[atom, axis] == pytest.approx(-derivative, abs=2e-5)
+
+
+@pytest.mark.parametrize("name", ["morse_water.py", "sw_triplet.py"])
+def test_virial_is_minus_the_energy_derivative_under_uniform_scaling(name):
+    # W = Σ r·F = −dU(λq, λL)/dλ at λ = 1 (Allen & Tildesley 2.61)
+    kernel = load_kernel_module(EXAMPLES / name)
+    species, positions, box, _ = water32_frame()
+    h = 1e-6
+    up = forces_of(kernel, species, positions * (1 + h), box * (1 + h)).energy_ev
+    down = forces_of(kernel, species, positions * (1 - h), box * (1 - h)).energy_ev
+    virial = forces_of(kernel, species, positions, box).virial_ev
+    assert virial == pytest.approx(-(up - down) / (2 * h), rel=1e-5, abs=1e-5)
+
+
+def test_replicated_supercell_has_exactly_the_replicated_energy_per_atom(morse):
+    species, positions, box, _ = water32_frame()
+    one = forces_of(morse, species, positions, box)
+    big_positions, big_species, big_box = setup.replicate(positions, species, box, (2, 3, 2))
+    many = forces_of(morse, big_species, big_positions, big_box)
+    assert many.energy_ev / len(big_species) == pytest.approx(one.energy_ev / len(species), rel=1e-12)
+    np.testing.assert_allclose(many.forces_ev_per_angstrom[: len(species)], one.forces_ev_per_angstrom,
+                               atol=1e-10)
+
+
+def test_atom_losses_sum_to_twice_the_pair_energy(morse):
+    species, positions, box, _ = water32_frame()
+    result = forces_of(morse, species, positions, box)
+    assert result.atom_loss_ev.sum() == pytest.approx(2 * result.energy_ev, rel=1e-12)
