@@ -97,3 +97,24 @@ def scatter_pair_forces(pairs: PairTable, force_over_r: np.ndarray, n_atoms_tota
             pairs.j, pair_forces[:, axis], minlength=n_atoms_total
         )
     return forces
+
+
+def iter_pair_chunks(
+    positions: np.ndarray,
+    cells: np.ndarray,
+    types: np.ndarray,
+    cutoff: float,
+    n_species: int,
+    frames=None,
+    chunk_frames: int = 64,
+):
+    """Yield ``(frame_indices, PairTable)`` over ``frames`` (default: all), ``chunk_frames`` at a time.
+
+    Atom indices in each table are local to the chunk (``position_in_chunk * N + atom``), so
+    memory stays bounded however long the trajectory is.
+    """
+    frames = np.arange(positions.shape[0]) if frames is None else np.asarray(frames, dtype=np.int64)
+    step = max(1, int(chunk_frames))
+    for start in range(0, len(frames), step):
+        chunk = frames[start : start + step]
+        yield chunk, stack_pair_tables(positions[chunk], cells[chunk], types, cutoff, n_species)
