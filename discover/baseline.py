@@ -1,17 +1,25 @@
 """The quadratic agent loss of Gusev & Vanchurin, *Molecular Learning Dynamics* (arXiv 2504.10560).
 
-Each atom k of species A is an agent with loss
+What is taken from the paper (its abstract and introduction, plus third-party summaries of its
+later sections; the full text was not available to us): each nucleus k of species A_k is an
+agent whose learning dynamics reproduce the equation of motion
 
-    H_A(k) = Σ_a w_a φ_a(k) + ½ Σ_ab W_ab φ_a(k) φ_b(k),        W symmetric,
+    q̈_k^μ = −(1/M_{A_k}) ∂H_{A_k}(φ^{A_k}(q))/∂q_k^μ,
 
-over invariants φ_a(k) = Σ_{j ∈ B_a, r_kj < r_c} g_a(r_kj) of the other atoms, and moves by the
-paper's learning equation m_k q̈_k = −∂H_{A_k}(k)/∂q_k: the gradient of its *own* loss with respect
-to its *own* coordinates only (not of a total energy, so the quadratic terms make a many-body, in
-general non-conservative force). That force is linear in (w, W), so the fit is linear least squares.
+with H_A a per-species loss of scalar invariants φ_a^{A_k} of the *other* particles, fitted to CP2K
+water forces and taken quadratic (summaries: "a quadratic agent loss", and a stated limitation of
+"assuming pairwise interactions"):
 
-The radial basis is our choice (the paper's exact invariants are not reproduced here): for each
-neighbour species B, ``n_radial`` Gaussians g(r) = exp(−((r − μ)/σ)²) · f_c(r) with centres μ evenly
-spaced on [r_inner, r_c], σ their spacing, and Behler's cosine cutoff f_c(r) = ½(1 + cos(π r / r_c))
+    H_A(k) = Σ_a w_a φ_a(k) + ½ Σ_ab W_ab φ_a(k) φ_b(k),        W symmetric.
+
+The force is the gradient of atom k's *own* loss in its *own* coordinates only (not of a total
+energy), so the quadratic terms make a many-body, in general non-conservative force. That force is
+linear in (w, W), so the fit is linear least squares on per-atom forces.
+
+What is our choice, because the paper's exact invariants (their radial functions, number and
+cutoff) could not be recovered: φ_a(k) = Σ_{j ∈ B_a, r_kj < r_c} g_a(r_kj), for each neighbour
+species B ``n_radial`` Gaussians g(r) = exp(−((r − μ)/σ)²) · f_c(r) with centres μ evenly spaced on
+[r_inner, r_c], σ their spacing, and Behler's cosine cutoff f_c(r) = ½(1 + cos(π r / r_c))
 (J. Chem. Phys. 134, 074106 (2011)) so every invariant and its gradient vanish smoothly at r_c.
 """
 
