@@ -1,0 +1,228 @@
+"""Symbolic pair laws: tidying, rounding, the shifted-force cutoff, the repulsive core, equations.
+
+A pair law is a sympy expression u(r) of the one symbol ``R`` (the distance in Å; energy in eV).
+Search engines may also use ``INV_R`` = 1/r as an input; ``from_engine_variables`` replaces it.
+
+Everything that turns a raw law into what the simulator runs lives here, once:
+
+* the shifted-force cutoff (Allen & Tildesley, *Computer Simulation of Liquids*, 2nd ed., §2.8):
+  u_sf(r) = u(r) − u(r_c) − (r − r_c) u'(r_c), so energy and force both reach 0 at r_c. A constant or
+  a term linear in r therefore has no effect at all, and ``drop_shift_invariant_terms`` removes them;
+* the repulsive core below the smallest sampled distance r_min: the one formula of
+  ``discover.force_matching.repulsive_core``, evaluated here on sympy objects (``core_expression``);
+* the text form of a law in mld's safe grammar (``to_text``), which ``discover.model`` parses back
+  without executing anything.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+
+import sympy
+from sympy.printing.str import StrPrinter
+
+from discover import force_matching
+
+R = sympy.Symbol("r", positive=True)
+INV_R = sympy.Symbol("inv_r", positive=True)
+
+# name in the safe grammar -> (sympy constructor, arity); the only functions a model may call
+FUNCTIONS = {
+    "exp": (sympy.exp, 1),
+    "log": (sympy.log, 1),
+    "sqrt": (sympy.sqrt, 1),
+    "tanh": (sympy.tanh, 1),
+    "sinh": (sympy.sinh, 1),
+    "cosh": (sympy.cosh, 1),
+    "sin": (sympy.sin, 1),
+    "cos": (sympy.cos, 1),
+    "abs": (sympy.Abs, 1),
+    "pow": (sympy.Pow, 2),
+}
+# exponents closer than this to an integer are taken to be that integer (search and refit noise)
+INTEGER_EXPONENT_TOLERANCE = 1e-3
+
+
+# --- text form ------------------------------------------------------------------------------
+
+
+class _SafePrinter(StrPrinter):
+    """sympy's str printer restricted to mld's grammar: full-precision floats, ``abs``, no named constants."""
+
+    def _print_Float(self, expr):
+        return repr(float(expr))
+
+    def _print_Abs(self, expr):
+        return f"abs({self._print(expr.args[0])})"
+
+    def _print_Exp1(self, expr):
+        return "exp(1)"
+
+    def _print_Pi(self, expr):
+        return repr(math.pi)
+
+    def _print_Rational(self, expr):
+        return f"({expr.p}/{expr.q})"
+
+
+def to_text(expr: sympy.Expr) -> str:
+    """The law as text in mld's safe grammar (``discover.model.parse_expression`` reads it back)."""
+    return _SafePrinter().doprint(expr)
+
+
+# --- tidying and rounding ---------------------------------------------------------------------
+
+
+def from_engine_variables(expr: sympy.Expr) -> sympy.Expr:
+    """Replace the engine input ``inv_r`` by 1/r."""
+    return expr.xreplace({INV_R: 1 / R})
+
+
+def round_integer_exponents(expr: sympy.Expr, tolerance: float = INTEGER_EXPONENT_TOLERANCE) -> sympy.Expr:
+    """Float exponents within ``tolerance`` of an integer become that integer: r**(-11.9996) -> r**(-12)."""
+    replacements = {}
+    for power in expr.atoms(sympy.Pow):
+        exponent = power.exp
+        if isinstance(exponent, sympy.Float) and abs(float(exponent) - round(float(exponent))) < tolerance:
+            replacements[power] = sympy.Pow(power.base, sympy.Integer(round(float(exponent))))
+    return expr.xreplace(replacements) if replacements else expr
+
+
+def round_constants(expr: sympy.Expr, digits: int = 6) -> sympy.Expr:
+    """Every float constant rounded to ``digits`` significant digits (integers are left alone)."""
+    def rounded(value: float) -> sympy.Float:
+        return sympy.Float(float(f"{value:.{digits - 1}e}"))
+
+    return expr.xreplace({f: rounded(float(f)) for f in expr.atoms(sympy.Float)})
+
+
+def drop_shift_invariant_terms(expr: sympy.Expr) -> sympy.Expr:
+    """Remove additive terms a + b·r: under the shifted-force cutoff they change neither energy nor force."""
+    expr = sympy.expand(expr, deep=False, mul=True, multinomial=False, power_exp=False, power_base=False, log=False)
+    kept = [term for term in sympy.Add.make_args(expr) if sympy.diff(term, R, 2) != 0]
+    return sympy.Add(*kept)
+
+
+def tidy(expr: sympy.Expr) -> sympy.Expr:
+    """A cheap canonical form: numeric factors pulled out of powers, powers of one base merged.
+
+    (a/r)**12 -> a**12 * r**(-12). Full ``sympy.simplify`` is avoided: it is slow on floats and
+    does not make these laws shorter.
+    """
+    expr = round_integer_exponents(expr)
+    expr = sympy.powsimp(sympy.expand_power_base(expr, force=True))
+    expanded = sympy.expand(expr)
+    return expanded if complexity(expanded) <= complexity(expr) else expr
+
+
+def complexity(expr: sympy.Expr) -> int:
+    """Nodes in the expression tree: the engine-independent size of a law."""
+    return sum(1 for _ in sympy.preorder_traversal(expr))
+
+
+def parameterize(expr: sympy.Expr, prefix: str = "c") -> tuple[sympy.Expr, list[sympy.Symbol], list[float]]:
+    """Each float constant replaced by a symbol: (template, symbols, values). Integers stay fixed."""
+    floats = sorted(expr.atoms(sympy.Float), key=lambda f: sympy.default_sort_key(f))
+    symbols = [sympy.Symbol(f"{prefix}{k}", real=True) for k in range(len(floats))]
+    template = expr.xreplace(dict(zip(floats, symbols)))
+    return template, symbols, [float(f) for f in floats]
+
+
+# --- the cutoff and the core ------------------------------------------------------------------
+
+
+def value_at(expr: sympy.Expr, r: float) -> float:
+    """u(r) as a float, evaluated with extra working precision."""
+    return float(sympy.N(expr.subs(R, sympy.Float(r, 30)), 30))
+
+
+def shifted_force(u: sympy.Expr, cutoff_angstrom: float) -> sympy.Expr:
+    """u(r) − u(r_c) − (r − r_c) u'(r_c): energy and force continuous and zero at r_c."""
+    u_rc = value_at(u, cutoff_angstrom)
+    du_rc = value_at(sympy.diff(u, R), cutoff_angstrom)
+    return u - sympy.Float(u_rc) - (R - sympy.Float(cutoff_angstrom)) * sympy.Float(du_rc)
+
+
+class _SympyAsNumpy:
+    """The two numpy functions ``repulsive_core`` uses, on sympy objects."""
+
+    @staticmethod
+    def maximum(a, b):
+        return sympy.Max(a, b)
+
+    @staticmethod
+    def expm1(x):
+        return sympy.exp(x) - 1
+
+
+def _core_on_sympy():
+    # The same code object as force_matching.repulsive_core, run with sympy in place of numpy:
+    # one formula for the wall whether it is evaluated on arrays, printed as code, or exported.
+    core = force_matching.repulsive_core
+    namespace = dict(core.__globals__)
+    namespace["np"] = _SympyAsNumpy
+    return types.FunctionType(core.__code__, namespace, "repulsive_core_sympy", core.__defaults__)
+
+
+_REPULSIVE_CORE_SYMPY = _core_on_sympy()
+
+
+def core_expression(r0: float, u0: float, du0: float, stiffness: float, length: float) -> sympy.Expr:
+    """The repulsive wall u(r) for r < r0 as a sympy expression (see ``force_matching.repulsive_core``)."""
+    u, _ = _REPULSIVE_CORE_SYMPY(R, sympy.Float(r0), sympy.Float(u0), sympy.Float(du0),
+                                 sympy.Float(stiffness), sympy.Float(length))
+    return sympy.expand(u)
+
+
+# --- equations ------------------------------------------------------------------------------------
+
+
+def agent_loss_text(species: str, species_names, pair_name_of) -> tuple[str, str]:
+    """H_A(k) as a sum over neighbour species, in plain text and LaTeX."""
+    plain, latex = [], []
+    for other in species_names:
+        name = pair_name_of(species, other)
+        plain.append(f"Σ_{{j∈{other}, r_kj<r_c}} u_{name}(r_kj)")
+        latex.append(rf"\sum_{{j \in \mathrm{{{other}}},\, r_{{kj}}<r_c}} u_{{\mathrm{{{name}}}}}(r_{{kj}})")
+    return f"H_{species}(k) = " + " + ".join(plain), rf"H_{{\mathrm{{{species}}}}}(k) = " + " + ".join(latex)
+
+
+def equations_markdown(model) -> str:
+    """``equations.md``: each species' agent loss and each pair law, in plain text and LaTeX (eV, Å)."""
+    rc = model.cutoff_angstrom
+    lines = [
+        "# Learned agent losses",
+        "",
+        f"Units: energies in eV, distances in Å. Cutoff r_c = {rc:.4g} Å. Model kind: {model.kind}.",
+        "Each atom k of species A follows m_k q̈_k = −∂H_A/∂q_k with",
+        "",
+    ]
+    for species in model.species:
+        plain, latex = agent_loss_text(species, model.species, model.pair_name)
+        lines += [f"- `{plain}`", "", f"$$ {latex} $$", ""]
+    lines += [
+        "Every pair law below is used with the shifted-force cutoff",
+        "u_sf(r) = u(r) − u(r_c) − (r − r_c) u′(r_c) for r_min ≤ r < r_c, zero beyond r_c, and below the",
+        "smallest sampled distance r_min with the repulsive wall of `discover.force_matching.repulsive_core`.",
+        "",
+    ]
+    for name in model.pair_types:
+        r_min = model.r_min_angstrom[name]
+        lines.append(f"## u_{name}(r)   (sampled from r_min = {r_min:.4g} Å)")
+        lines.append("")
+        if model.kind == "closed_form":
+            u = model.expressions[name]
+            force = round_constants(tidy(-sympy.diff(u, R)), 6)
+            lines += [
+                f"- u(r) = `{to_text(u)}`",
+                f"- f(r) = −du/dr = `{to_text(force)}`",
+                "",
+                f"$$ u_{{\\mathrm{{{name}}}}}(r) = {sympy.latex(u)} $$",
+                "",
+                f"$$ f_{{\\mathrm{{{name}}}}}(r) = -\\frac{{du}}{{dr}} = {sympy.latex(force)} $$",
+                "",
+            ]
+        else:
+            lines += ["- tabulated (cubic B-spline force, exact antiderivative energy); no closed form.", ""]
+    return "\n".join(lines)
