@@ -262,5 +262,266 @@ def cp2k_run(
     print(f"wrote {out}: {_summary(dataset)}")
 
 
+# ---------------------------------------------------------------------------------------
+# mld discover / evaluate
+# ---------------------------------------------------------------------------------------
+
+DEFAULT_DATASET = Path("data/water32_300K.npz")
+Engine = Annotated[str, typer.Option(help="Symbolic-regression engine: auto (PySR where Julia is found, else "
+                                          "Operon), operon or pysr.")]
+Cutoff = Annotated[float | None, typer.Option("--cutoff", help="Pair cutoff rc in Å (default: the largest the cell "
+                                                                "allows, less a margin).")]
+SearchBudget = Annotated[float, typer.Option(help="Seconds of symbolic search per pair type.")]
+
+
+def stage_progress():
+    """A rich progress display with one line per pipeline stage; returns (progress, enter(stage), log(line))."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                        console=status_console, transient=False)
+    tasks = {}
+
+    def enter(name: str):
+        for task in tasks.values():
+            progress.update(task, completed=1, total=1)
+        tasks[name] = progress.add_task(name, total=None)
+
+    def log(line: str):
+        progress.console.print(f"  {line}", highlight=False)
+
+    return progress, enter, log
+
+
+@app.command("discover")
+@cli_errors
+def discover_command(
+    dataset: Annotated[Path, typer.Argument(help="An mld dataset (.npz).")] = DEFAULT_DATASET,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")] = Path("models/default"),
+    engine: Engine = "auto",
+    cutoff: Cutoff = None,
+    seed: Annotated[int, typer.Option(help="Seed of the symbolic search (repeatable on one machine).")] = 0,
+    search_budget: SearchBudget = 60.0,
+    validation_fraction: Annotated[float, typer.Option(help="Last fraction of frames held out for validation.")] = 0.2,
+):
+    """Learn H_O and H_H from a dataset's forces: tables, closed forms, equations, Numba kernels, metrics."""
+    from discover.pipeline import discover_model
+
+    progress, enter, log = stage_progress()
+    with progress:
+        result = discover_model(dataset, out, engine=engine, cutoff_angstrom=cutoff, seed=seed,
+                                search_budget_s=search_budget, validation_fraction=validation_fraction,
+                                log=log, stage=enter)
+        enter("done")
+    _print_model_table(result)
+    print(f"wrote {out}/: model.json, kernels.py, equations.md, pareto.csv, metrics.json"
+          f" ({result['wall_time_s']['total']:.0f} s, engine {result['engine']})")
+
+
+def _print_model_table(result: dict) -> None:
+    table = Table(title="validation force error (eV/Å; relative = RMSE / std)")
+    for column in ("model", "RMSE O", "RMSE H", "RMSE all", "relative all", "parameters"):
+        table.add_column(column)
+    for name, row in result["models"].items():
+        table.add_row(name, *(f"{row[g]['rmse']:.4f}" for g in ("O", "H", "all")),
+                      f"{row['all']['relative']:.4f}", str(row["n_parameters"]))
+    console.print(table)
+
+
+@app.command("evaluate")
+@cli_errors
+def evaluate_command(
+    model: Annotated[Path, typer.Argument(help="A model.json (or a model folder holding one).")],
+    dataset: Annotated[Path, typer.Argument(help="An mld dataset (.npz), any size or temperature.")],
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures to this JSON file.")] = None,
+):
+    """Force errors of a saved model on every frame of a dataset."""
+    import json
+
+    from simulate.fileio import write_text_atomic
+    from discover.pipeline import evaluate_model
+
+    if model.is_dir():
+        model = model / "model.json"
+    result = evaluate_model(model, dataset)
+    for group, figures in result["force_errors"].items():
+        print(f"{group:>3}: RMSE {figures['rmse']:.4f} eV/Å, MAE {figures['mae']:.4f} eV/Å,"
+              f" relative {figures['relative']:.4f}")
+    if json_out is not None:
+        write_text_atomic(json_out, json.dumps(result, indent=2) + "\n")
+        print(f"wrote {json_out}")
+
+
+# ---------------------------------------------------------------------------------------
+# mld simulate
+# ---------------------------------------------------------------------------------------
+
+
+def md_progress(total_steps: int, dt_fs: float, label: str = "MD"):
+    """A rich progress bar that shows ns/day; returns (progress, callback(step, steps, elapsed_s))."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn(label), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+                        TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=status_console)
+    task = progress.add_task(label, total=total_steps, rate="")
+
+    def callback(step: int, steps: int, elapsed_s: float):
+        from simulate.md import ns_per_day
+
+        rate = f"{ns_per_day(step, dt_fs, elapsed_s):.1f} ns/day" if elapsed_s > 0 else ""
+        progress.update(task, completed=step, total=steps, rate=rate)
+
+    return progress, callback
+
+
+Thermostats = Annotated[str, typer.Option(help="nose-hoover (NVT, chain of 3), langevin (NVT) or nve.")]
+
+
+@app.command("simulate")
+@cli_errors
+def simulate_command(
+    model: Annotated[Path, typer.Argument(help="A model folder, model.json or kernels.py.")],
+    init: Annotated[str, typer.Option(help="Starting frame: DATASET.npz[:FRAME] or FILE.xyz with Lattice=.")] = str(
+        DEFAULT_DATASET),
+    steps: Annotated[int, typer.Option(help="Number of MD steps.")] = 10000,
+    dt: Annotated[float, typer.Option(help="Timestep, fs.")] = 0.5,
+    temperature: Annotated[float, typer.Option(help="Target temperature, K (and of new velocities).")] = 300.0,
+    thermostat: Thermostats = "nose-hoover",
+    replicate: Annotated[str, typer.Option(help="Supercell of the starting frame, e.g. 2x2x2.")] = "1x1x1",
+    seed: Annotated[int, typer.Option(help="Seed of the initial velocities and the Langevin noise.")] = 0,
+    new_velocities: Annotated[bool, typer.Option(help="Draw Maxwell–Boltzmann velocities instead of the frame's.")] = False,
+    thermo_every: Annotated[int, typer.Option(help="Steps between thermo rows.")] = 10,
+    trajectory_every: Annotated[int, typer.Option(help="Steps between trajectory frames.")] = 100,
+    resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in --out.")] = False,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")] = Path("runs/default"),
+):
+    """Run MD of a learned model: thermo.csv, trajectory.xyz (extended XYZ), checkpoint.npz."""
+    from discover.pipeline import initial_frame, kernel_module_for
+    from simulate import md, setup
+
+    kernels = kernel_module_for(model, out)
+    species, positions, box, velocities = initial_frame(init)
+    if new_velocities:
+        velocities = None
+    repeats = setup.parse_repeats(replicate)
+    if repeats != (1, 1, 1):
+        positions_new, species, box = setup.replicate(positions, species, box, repeats)
+        velocities = None if velocities is None else setup.tile_per_atom(velocities, repeats)
+        positions = positions_new
+    progress, callback = md_progress(steps, dt)
+    with progress:
+        result = md.simulate(kernels, species, positions, box, velocities, steps=steps, dt_fs=dt,
+                             temperature_k=temperature, thermostat=thermostat, out_dir=out, seed=seed,
+                             thermo_every=thermo_every, trajectory_every=trajectory_every, resume=resume,
+                             progress=callback)
+    print(f"wrote {out}/: {len(species)} atoms, {result.steps} steps, {result.ns_per_day:.1f} ns/day,"
+          f" {result.wall_s:.1f} s")
+
+
+# ---------------------------------------------------------------------------------------
+# mld export
+# ---------------------------------------------------------------------------------------
+
+
+@app.command("export")
+@cli_errors
+def export_command(
+    model: Annotated[Path, typer.Argument(help="A model folder, model.json or kernels.py.")],
+    to: Annotated[str, typer.Option("--to", help="lammps, openmm, ase or c.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write.")],
+    init: Annotated[str, typer.Option(help="Frame for input decks: DATASET.npz[:FRAME].")] = str(DEFAULT_DATASET),
+):
+    """Hand a learned model to LAMMPS (table and lepton), OpenMM, ASE or C."""
+    from discover.export import Frame, export_model
+
+    if model.is_dir():
+        model = model / "model.json" if (model / "model.json").is_file() else model / "kernels.py"
+    path, _, index = init.partition(":")
+    frame = Frame.from_dataset(path, int(index) if index else 0)
+    written = export_model(to, model, out, frame=frame)
+    print(f"wrote {len(written)} files to {out}/: " + ", ".join(p.name for p in written))
+
+
+# ---------------------------------------------------------------------------------------
+# mld compare / run
+# ---------------------------------------------------------------------------------------
+
+
+def _md_progress_factory(name: str, steps: int, dt_fs: float):
+    progress, callback = md_progress(steps, dt_fs, label=f"MD {name}")
+    return callback, progress
+
+
+def _print_compare_summary(metrics: dict, out: Path) -> None:
+    from discover.report import verdicts
+
+    for line in verdicts(metrics):
+        console.print(f"  {line}", highlight=False)
+    speed = metrics["speed"]
+    if speed["speedup"]:
+        console.print(f"  speed: {speed['speedup']:.3g}× CP2K per step at {speed['n_atoms']} atoms", highlight=False)
+    print(f"wrote {out}/report.md, metrics.json and figures/")
+
+
+LengthFactor = Annotated[float, typer.Option(help="Learned NVT run length as a multiple of the CP2K run's.")]
+MdSteps = Annotated[int | None, typer.Option("--steps", help="NVT steps of the learned run (overrides "
+                                                             "--length-factor).")]
+NveSteps = Annotated[int, typer.Option(help="Steps of the NVE segment that measures energy drift.")]
+
+
+@app.command("compare")
+@cli_errors
+def compare_command(
+    model: Annotated[Path, typer.Argument(help="A model folder (from mld discover).")],
+    dataset: Annotated[Path, typer.Argument(help="The CP2K dataset (.npz) to compare with.")] = DEFAULT_DATASET,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("reports/default"),
+    length_factor: LengthFactor = 10.0,
+    steps: MdSteps = None,
+    nve_steps: NveSteps = 2000,
+    seed: Annotated[int, typer.Option(help="Seed of the MD run.")] = 0,
+):
+    """Run the learned model from a CP2K frame and compare it with CP2K: report.md, metrics.json, figures."""
+    from discover.report import compare_model
+
+    metrics = compare_model(model, dataset, out, length_factor=length_factor, steps=steps, nve_steps=nve_steps,
+                            seed=seed, progress_factory=_md_progress_factory,
+                            log=lambda line: status_console.print(f"  {line}", highlight=False))
+    _print_compare_summary(metrics, out)
+
+
+@app.command("run")
+@cli_errors
+def run_command(
+    dataset: Annotated[Path, typer.Option(help="The CP2K dataset (.npz).")] = DEFAULT_DATASET,
+    models: Annotated[Path, typer.Option(help="Model folder to write.")] = Path("models/default"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("reports/default"),
+    engine: Engine = "auto",
+    cutoff: Cutoff = None,
+    seed: Annotated[int, typer.Option(help="Seed of the search and the MD run.")] = 0,
+    search_budget: SearchBudget = 60.0,
+    length_factor: LengthFactor = 10.0,
+    steps: MdSteps = None,
+    nve_steps: NveSteps = 2000,
+):
+    """The main job: discover → simulate → compare on the shipped dataset (or --dataset)."""
+    import time
+
+    from discover.pipeline import discover_model
+    from discover.report import compare_model
+
+    started = time.perf_counter()
+    progress, enter, log = stage_progress()
+    with progress:
+        result = discover_model(dataset, models, engine=engine, cutoff_angstrom=cutoff, seed=seed,
+                                search_budget_s=search_budget, log=log, stage=enter)
+        enter("done")
+    _print_model_table(result)
+    metrics = compare_model(models, dataset, out, length_factor=length_factor, steps=steps, nve_steps=nve_steps,
+                            seed=seed, progress_factory=_md_progress_factory,
+                            log=lambda line: status_console.print(f"  {line}", highlight=False))
+    _print_compare_summary(metrics, out)
+    print(f"mld run finished in {time.perf_counter() - started:.0f} s")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

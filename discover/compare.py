@@ -16,6 +16,7 @@ from simulate.units import masses_amu, temperature_k
 
 RDF_PAIRS = (("O", "O"), ("O", "H"), ("H", "H"))
 RDF_BINS = 200
+HBOND_RANGE_ANGSTROM = (1.5, 2.6)
 BOND_EDGES_ANGSTROM = np.linspace(0.8, 1.2, 81)
 ANGLE_EDGES_DEGREES = np.linspace(70.0, 140.0, 71)
 
@@ -46,8 +47,25 @@ def rdf_curves(traj: Trajectory, r_max: float) -> dict[str, tuple[np.ndarray, np
     }
 
 
+def first_shell(pair: str, r: np.ndarray, g: np.ndarray) -> dict:
+    """First-peak position and height and first minimum of one RDF.
+
+    g_OH's first peak is the covalent bond; its hydrogen-bond peak (1.5–2.6 Å) is the
+    intermolecular one that matters, and it barely rises above 1, so it is found by range.
+    """
+    if pair == "OH":
+        peak = obs.peak_in_range(r, g, HBOND_RANGE_ANGSTROM[0], HBOND_RANGE_ANGSTROM[1])
+        after = np.flatnonzero((r > peak.position) & (r < peak.position + 1.5)) if np.isfinite(peak.position) else []
+        minimum = float(r[after[np.argmin(g[after])]]) if len(after) else float("nan")
+        return {"first_peak_angstrom": peak.position, "first_peak_height": peak.height,
+                "first_minimum_angstrom": minimum}
+    shell = obs.rdf_first_shell(r, g)
+    return {"first_peak_angstrom": shell.peak_angstrom, "first_peak_height": shell.peak_height,
+            "first_minimum_angstrom": shell.minimum_angstrom}
+
+
 def compare_rdfs(reference: Trajectory, learned: Trajectory) -> tuple[dict, dict]:
-    """First-shell figures of g_OO, g_OH (intermolecular, past 1.3 Å) and g_HH, and ∫|Δg| dr."""
+    """First-shell figures of g_OO, g_OH (hydrogen-bond peak) and g_HH, and ∫|Δg| dr."""
     r_max = min(max_minimum_image_cutoff(reference.cell), max_minimum_image_cutoff(learned.cell))
     ref_curves, new_curves = rdf_curves(reference, r_max), rdf_curves(learned, r_max)
     metrics = {}
@@ -56,14 +74,8 @@ def compare_rdfs(reference: Trajectory, learned: Trajectory) -> tuple[dict, dict
         _, g_new = new_curves[pair]
         entry = {"integrated_abs_difference": obs.rdf_difference(r, g_ref, g_new)}
         # g_OH's first peak is the covalent bond; the hydrogen-bond shell starts past 1.3 Å.
-        start = 1.3 if pair == "OH" else 0.0
         for label, g in (("reference", g_ref), ("learned", g_new)):
-            shell = obs.rdf_first_shell(r[r >= start], g[r >= start])
-            entry[label] = {
-                "first_peak_angstrom": shell.peak_angstrom,
-                "first_peak_height": shell.peak_height,
-                "first_minimum_angstrom": shell.minimum_angstrom,
-            }
+            entry[label] = first_shell(pair, r, g)
         entry["first_peak_shift_angstrom"] = entry["learned"]["first_peak_angstrom"] - entry["reference"][
             "first_peak_angstrom"
         ]
