@@ -1,0 +1,115 @@
+"""End to end: `mld run` on a tiny budget, then evaluate, simulate, export and compare on its model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from discover.cli import app
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory, shipped_dataset):
+    """Every 4th frame of the shipped run: the same physics, a quarter of the cost."""
+    path = tmp_path_factory.mktemp("data") / "water_small.npz"
+    shipped_dataset.select(slice(None, None, 4)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, small_dataset):
+    work = tmp_path_factory.mktemp("run")
+    models, report = work / "models", work / "report"
+    result = CliRunner().invoke(app, [
+        "run", "--dataset", str(small_dataset), "--models", str(models), "--out", str(report),
+        "--search-budget", "4", "--steps", "1000", "--nve-steps", "200", "--seed", "1",
+    ])
+    assert result.exit_code == 0, result.output
+    return models, report
+
+
+def test_run_writes_model_files(finished_run):
+    models, _ = finished_run
+    for name in ("model.json", "kernels.py", "equations.md", "pareto.csv", "metrics.json", "baseline.npz",
+                 "tabulated/model.json", "tabulated/kernels.py"):
+        assert (models / name).is_file(), name
+    metrics = json.loads((models / "metrics.json").read_text())
+    for row in ("tabulated", "closed_form", "quadratic_baseline"):
+        for group in ("O", "H", "all"):
+            figures = metrics["models"][row][group]
+            assert figures["rmse"] > 0 and np.isfinite(figures["relative"])
+        assert metrics["models"][row]["n_parameters"] > 0
+    assert metrics["engine"] in ("operon", "pysr")
+    assert "symbolic_search" in metrics["wall_time_s"]
+
+
+def test_run_report_parses_and_figures_are_png(finished_run):
+    _, report = finished_run
+    metrics = json.loads((report / "metrics.json").read_text())
+    for pair in ("OO", "OH", "HH"):
+        assert np.isfinite(metrics["rdf"][pair]["learned"]["first_peak_angstrom"])
+    assert metrics["speed"]["speedup"] > 1
+    assert set(metrics["force_errors"]) == {"closed_form", "tabulated", "quadratic_baseline"}
+    text = (report / "report.md").read_text()
+    assert "GFN1-xTB" in text and "Learned agent losses" in text
+    for name in ("rdf.png", "parity.png", "pair_laws.png", "pareto.png", "geometry_temperature.png", "vdos.png"):
+        data = (report / "figures" / name).read_bytes()
+        assert data.startswith(PNG_SIGNATURE), name
+        assert f"figures/{name}" in text
+
+
+def test_evaluate_reports_the_same_validation_error_as_discover(finished_run, small_dataset, tmp_path):
+    from discover.dataset import Dataset
+    from discover.force_matching import split_frames
+
+    models, _ = finished_run
+    data = Dataset.load(small_dataset)
+    _, valid = split_frames(data.n_frames)
+    validation = tmp_path / "valid.npz"
+    data.select(valid).save(validation)
+    out = tmp_path / "eval.json"
+    result = CliRunner().invoke(app, ["evaluate", str(models / "model.json"), str(validation), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(out.read_text())["force_errors"]["all"]
+    expected = json.loads((models / "metrics.json").read_text())["models"]["closed_form"]["all"]
+    assert figures["rmse"] == pytest.approx(expected["rmse"], rel=1e-9)
+
+
+def test_simulate_cli_runs_a_replicated_box(finished_run, small_dataset, tmp_path):
+    from simulate.trajectory import read_trajectory
+
+    models, _ = finished_run
+    out = tmp_path / "md"
+    result = CliRunner().invoke(app, ["simulate", str(models), "--init", f"{small_dataset}:3", "--steps", "40",
+                                      "--replicate", "2x1x1", "--trajectory-every", "20", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    traj = read_trajectory(out / "trajectory.xyz")
+    assert traj["positions"].shape == (3, 192, 3)
+    assert np.allclose(traj["box"][0], [2 * 9.865406, 9.865406, 9.865406])
+
+
+def test_export_cli_writes_lammps_deck(finished_run, small_dataset, tmp_path):
+    models, _ = finished_run
+    result = CliRunner().invoke(app, ["export", str(models), "--to", "lammps", "--out", str(tmp_path / "lmp"),
+                                      "--init", str(small_dataset)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "lmp" / "in.lammps").is_file()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["simulate", "no_such_model", "--steps", "1"], "no_such_model"),
+    (["evaluate", "no_such.json", "data/water32_300K.npz"], "no_such.json"),
+    (["compare", "no_such_dir"], "no_such_dir"),
+    (["export", "no_such_dir", "--to", "lammps", "--out", "x"], "no_such_dir"),
+])
+def test_bad_paths_give_one_line_errors(args, fragment):
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], result.output
+    assert "Traceback" not in result.output
