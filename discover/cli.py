@@ -268,7 +268,8 @@ def cp2k_run(
 
 DEFAULT_DATASET = Path("data/water32_300K.npz")
 Engine = Annotated[str, typer.Option(help="Symbolic-regression engine: auto (PySR where Julia is found, else "
-                                          "Operon), operon or pysr.")]
+                                          "Operon), operon, pysr, or library (classic families only); a library "
+                                          "of classic families always runs beside the engine.")]
 Cutoff = Annotated[float | None, typer.Option("--cutoff", help="Pair cutoff rc in Å (default: the largest the cell "
                                                                 "allows, less a margin).")]
 SearchBudget = Annotated[float, typer.Option(help="Seconds of symbolic search per pair type.")]

@@ -282,7 +282,7 @@ def _prune(expr: sympy.Expr, cost: float, t: int, data: ForceData, fixed: np.nda
 def _refine(expr: sympy.Expr, t: int, data: ForceData, fixed: np.ndarray, cutoff: float, digits: int) -> sympy.Expr:
     """Refit one law's constants, prune vestigial terms, snap near-integer exponents (refitting), round."""
     fitted, cost = _refit_one(expr, t, data, fixed, cutoff)
-    fitted, cost = _prune(sympy.expand(fitted), cost, t, data, fixed, cutoff)
+    fitted, cost = _prune(symbolic.expand_terms(fitted), cost, t, data, fixed, cutoff)
     snapped = symbolic.round_integer_exponents(fitted)
     if snapped != fitted:
         fitted, _ = _refit_one(snapped, t, data, fixed, cutoff)
@@ -336,7 +336,8 @@ def fit_closed_form(
         r_min = float(tabulated.r_min_angstrom[t])
         grid = np.linspace(r_min, cutoff, 400)
         force_limit = FORCE_LIMIT_FACTOR * float(np.abs(tabulated.force(t, grid)).max()) + 1.0
-        row = {"pair_type": name, "engine": candidate.get("engine", ""), "search_complexity": candidate["complexity"],
+        row = {"pair_type": name, "engine": candidate.get("engine", ""), "family": candidate.get("family", ""),
+               "search_complexity": candidate["complexity"],
                "search_loss": candidate["loss"], "search_expression": candidate["expression"]}
         fixed_train = np.sum([f for s, f in enumerate(tab_train) if s != t], axis=0)
         fixed_valid = np.sum([f for s, f in enumerate(tab_valid) if s != t], axis=0)
@@ -347,7 +348,8 @@ def fit_closed_form(
             reason = structural_problem(expr)
             if not reason:
                 expr = _refine(expr, t, train, fixed_train, cutoff, digits)
-                reason = check_law(expr, r_min, cutoff, force_limit)
+                reason = (check_law(expr, r_min, cutoff, force_limit) if symbolic.drop_shift_invariant_terms(expr).has(
+                    symbolic.R) else "no force after the refit: the law became constant or linear in r")
         except (ModelError, ValueError, TypeError, ZeroDivisionError, OverflowError, np.linalg.LinAlgError) as exc:
             expr, reason = None, f"refit failed: {exc}"
         row.update({"expression": symbolic.to_text(expr) if expr is not None else "",

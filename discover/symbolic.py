@@ -112,8 +112,18 @@ def tidy(expr: sympy.Expr) -> sympy.Expr:
     """
     expr = round_integer_exponents(expr)
     expr = sympy.powsimp(sympy.expand_power_base(expr, force=True))
-    expanded = sympy.expand(expr)
+    expanded = expand_terms(expr)
     return expanded if complexity(expanded) <= complexity(expr) else expr
+
+
+def expand_terms(expr: sympy.Expr) -> sympy.Expr:
+    """Products of sums multiplied out into additive terms, and nothing more.
+
+    exp(a + b) is not split and (r − r₀)² is not multiplied out, so a Gaussian exp(−d (r − r₀)²)
+    keeps its centre and width rather than turning into 1e−114·exp(r (310 − 92 r)): the same
+    function, unreadable and ill-conditioned once its constants are rounded.
+    """
+    return sympy.expand(expr, power_exp=False, multinomial=False, log=False)
 
 
 def complexity(expr: sympy.Expr) -> int:

@@ -112,3 +112,33 @@ def test_operon_search_returns_parseable_front_and_repeats_with_its_seed():
     assert set(first["engine"]) == {"operon"} and set(first["pair_type"]) == {"ArAr"}
     for text in first["expression"]:
         assert parse_expression(text).free_symbols == {symbolic.R}
+
+
+def test_library_recovers_buckingham_and_gaussian_laws_from_their_forces():
+    r = np.linspace(1.3, 4.8, 4000)  # fine enough that interpolating onto the samples costs < 1e-4 of the force
+    for family, expected in (("Buckingham exp-6", "900.0*exp(-3.2*r) - 2.5/r**6"),
+                             ("exponential + Gaussian", "1.4*exp(-0.9*r) + 0.06*exp(-80.0*(r - 1.65)**2)")):
+        law = parse_expression(expected)
+        u = sympy.lambdify(symbolic.R, law)(r)
+        force = -sympy.lambdify(symbolic.R, sympy.diff(law, symbolic.R))(r)
+        front = engines.search("library", r, u, np.ones_like(r), force=force, pair_type="XY")
+        assert list(front.columns) == engines.FRONT_COLUMNS and set(front["engine"]) == {"library"}
+        row = front[front["family"] == family].iloc[0]
+        found = parse_expression(row["expression"])
+        # the force, not the energy offset, is what the family is fitted to: compare −du/dr
+        difference = sympy.lambdify(symbolic.R, sympy.diff(found - law, symbolic.R))(r)
+        assert np.max(np.abs(difference)) < 3e-4 * np.max(np.abs(force)), row["expression"]
+        # the simpler families cannot carry the bump or the r^-6 tail as well
+        assert row["loss"] < 1e-3 * front[front["family"] == "Born-Mayer exponential"]["loss"].iloc[0]
+
+
+def test_library_front_is_deterministic_and_parseable():
+    r, u, w = lj_curve()
+    force = 4.0 * (12.0 * r**-13 - 6.0 * r**-7)
+    first = engines.search("library", r, u, w, force=force, pair_type="ArAr")
+    second = engines.search("library", r, u, w, force=force, pair_type="ArAr")
+    assert first.equals(second) and len(first) >= 8
+    for text in first["expression"]:
+        assert parse_expression(text).free_symbols == {symbolic.R}
+    lj = first[first["family"] == "Lennard-Jones 12-6"].iloc[0]
+    assert lj["loss"] < 1e-6 * np.mean(force**2)  # exact but for interpolation onto the samples

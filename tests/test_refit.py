@@ -107,3 +107,15 @@ def test_powers_with_r_dependent_exponents_are_refused_before_any_refit():
     assert "r-dependent exponent" in structural_problem(parse_expression("2.6*(1.72/r)**(4.35*r)"))
     assert "r-dependent exponent" in structural_problem(parse_expression("7.8e9*1.3e-11**exp(1/r) + 1.5/r"))
     assert "longer than" in structural_problem(parse_expression(" + ".join(f"exp(-{k}.5*r)" for k in range(12))))
+
+
+def test_tidy_keeps_a_gaussian_in_centre_and_width_form():
+    law = parse_expression("1.2/r**1.1 + 0.0557*exp(-90.0*(r - 1.676)**2)")
+    tidied = symbolic.tidy(law)
+    assert "(r - 1.676)**2" in symbolic.to_text(tidied), symbolic.to_text(tidied)
+    r = np.linspace(1.3, 4.8, 50)
+    values = [np.asarray(sympy.lambdify(symbolic.R, e, "numpy")(r), dtype=float) for e in (law, tidied)]
+    np.testing.assert_allclose(values[0], values[1], rtol=1e-12)
+    # the refit's parameterisation sees three constants in the Gaussian, not an expanded polynomial exponent
+    _, _, constants = symbolic.parameterize(tidied)
+    assert len(constants) == 5

@@ -11,6 +11,10 @@ Engines (one module each):
   inputs r and 1/r;
 * ``pysr`` — PySR (Cranmer, arXiv 2305.01582), which needs a Julia installation; it fits the force
   −du/dr directly through a template expression with a derivative;
+* ``library`` — classic pair-law families (Born–Mayer, inverse power, Yukawa, Lennard-Jones,
+  Buckingham, Morse-like, sums with a 1/r tail or a Gaussian) fitted to the force; by default its
+  candidates join every other engine's front (``search_tabulated(library=True)``), labelled
+  ``library`` with their family named;
 * ``auto`` — PySR where Julia is found, else Operon.
 
 Searches see the sampled range only, weighted by the pair counts at each r: a law is asked to be
@@ -25,8 +29,8 @@ import pandas as pd
 
 from simulate.errors import MldError
 
-ENGINE_NAMES = ("auto", "operon", "pysr")
-FRONT_COLUMNS = ["pair_type", "engine", "complexity", "loss", "expression"]
+ENGINE_NAMES = ("auto", "operon", "pysr", "library")
+FRONT_COLUMNS = ["pair_type", "engine", "family", "complexity", "loss", "expression"]
 DEFAULT_SAMPLES = 400
 DEFAULT_GRID_POINTS = 800
 
@@ -86,7 +90,7 @@ def search(
 
     ``r`` (Å) is an increasing grid over the sampled range, ``u`` (eV) and ``force`` (eV/Å, optional:
     −du/dr by finite differences if absent) the target on it, ``weights`` the pair counts there.
-    ``engine`` is ``operon`` or ``pysr`` (use ``choose_engine`` to resolve ``auto``).
+    ``engine`` is ``operon``, ``pysr`` or ``library`` (use ``choose_engine`` to resolve ``auto``).
     """
     r = np.asarray(r, dtype=float)
     u = np.asarray(u, dtype=float)
@@ -104,9 +108,16 @@ def search(
         from discover.engines import pysr as pysr_engine
 
         front = pysr_engine.search(samples, u_samples, f_samples, seed=seed, budget_s=budget_s, **options)
+    elif engine == "library":
+        from discover.engines import library
+
+        front = library.search(samples, f_samples, **options)
     else:
-        raise EngineError(f"unknown engine {engine!r}: choose operon or pysr (or resolve auto with choose_engine)")
+        raise EngineError(f"unknown engine {engine!r}: choose operon, pysr or library (or resolve auto with "
+                          "choose_engine)")
     front.insert(0, "pair_type", pair_type)
+    if "family" not in front:
+        front["family"] = ""
     return front[FRONT_COLUMNS].reset_index(drop=True)
 
 
@@ -118,13 +129,15 @@ def search_tabulated(
     seed: int = 0,
     budget_s: float = 60.0,
     grid_points: int = DEFAULT_GRID_POINTS,
+    library: bool = True,
     log=None,
     **options,
 ) -> tuple[pd.DataFrame, str, str]:
     """Search every pair type of a ``force_matching.TabulatedModel`` on its sampled range.
 
     ``histogram`` is the ``force_matching.PairHistogram`` of the training frames (its counts weight
-    the search). Returns ``(front of all pair types, engine that ran, why)``.
+    the search). With ``library`` the library families join the engine's front (``options`` go to
+    the engine only). Returns ``(front of all pair types, engine that ran, why)``.
     """
     engine_used, reason = choose_engine(engine)
     if log is not None:
@@ -137,8 +150,12 @@ def search_tabulated(
         bins = np.clip(np.searchsorted(histogram.edges_angstrom, grid, side="right") - 1, 0,
                        histogram.counts.shape[1] - 1)
         weights = histogram.counts[histogram.pair_types.index(name), bins].astype(float)
-        fronts.append(search(engine_used, grid, u, weights, force=f, pair_type=name, seed=seed,
-                             budget_s=budget_s, **options))
+        found = [search(engine_used, grid, u, weights, force=f, pair_type=name, seed=seed, budget_s=budget_s,
+                        **options)]
+        if library and engine_used != "library":
+            found.append(search("library", grid, u, weights, force=f, pair_type=name))
+        fronts += found
         if log is not None:
-            log(f"  {name}: {len(fronts[-1])} candidates")
+            log(f"  {name}: " + ", ".join(f"{len(front)} {front['engine'].iloc[0]}" for front in found if len(front))
+                + " candidates")
     return pd.concat(fronts, ignore_index=True), engine_used, reason
