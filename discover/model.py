@@ -14,11 +14,20 @@ Schema (version 1)::
         ...
       },
       "tabulated": {...},                  # tabulated only: force_matching.TabulatedModel.to_dict()
+      "threebody": {                       # optional: a many-body model (see discover.threebody)
+        "kind": "closed_form", "cutoff_angstrom": 3.2,
+        "triplet_types": {"HOH": {"expression": "1.2*exp(0.5/(r1 - 3.2))*exp(0.5/(r2 - 3.2))*(c + 0.25)**2"}}
+      } | {"kind": "gaussian_legendre", ...}, # or the tabulated term: threebody.ThreeBodyTable.to_dict()
       "provenance": {...}                  # free-form JSON: dataset, engine, seed, version, figures
     }
 
 A closed-form pair energy is u(r) − u(r_c) − (r − r_c) u'(r_c) for r_min ≤ r < r_c (shifted force),
 zero beyond r_c, and the C¹ wall of ``force_matching.repulsive_core`` below r_min.
+
+A many-body model adds a three-body term w(r1, r2, c) per triplet type ``BAC`` (centre A, neighbours
+B ≤ C): a law of ``r1``, ``r2`` and ``c`` = cos θ in the same safe grammar, which must vanish smoothly at
+the three-body cutoff and be symmetric in r1, r2 when B = C; or tabulated Gaussian × Legendre
+coefficients. Triplet types without an entry have no term.
 
 Loading never executes anything from the file. Expressions are parsed with :mod:`ast` and
 rebuilt node by node from a whitelist: numbers, the variable ``r``, + − × ÷ **, unary ±, and calls
@@ -39,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import sympy
 
-from discover import symbolic
+from discover import symbolic, threebody
 from discover.force_matching import (
     CORE_LENGTH_ANGSTROM,
     CORE_STIFFNESS_EV_PER_ANGSTROM2,
@@ -244,10 +253,11 @@ class PairLaw:
 
 @dataclass
 class Model:
-    """A pair model of per-species agent losses, closed-form or tabulated.
+    """A model of per-species agent losses: pairs, closed-form or tabulated, and optionally triplets.
 
     ``expressions[name]`` is the raw law u(r) (before the cutoff shift) of each pair type;
-    ``tabulated`` holds the force-matched tables instead for ``kind == "tabulated"``.
+    ``tabulated`` holds the force-matched tables instead for ``kind == "tabulated"``. A many-body
+    model also has ``threebody``: ``threebody.ThreeBodyLaws`` or ``threebody.ThreeBodyTable``.
     """
 
     kind: str
@@ -259,6 +269,7 @@ class Model:
     expressions: dict | None = None  # {pair name: sympy expression of symbolic.R}
     tabulated: TabulatedModel | None = None
     provenance: dict = field(default_factory=dict)
+    threebody: threebody.ThreeBodyLaws | threebody.ThreeBodyTable | None = None  # many-body models only
     _numeric: dict = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self):
@@ -278,6 +289,8 @@ class Model:
             self.expressions = {n: self.expressions[n] for n in self.pair_types}
         elif self.tabulated is None:
             raise ModelError("tabulated model: the tables are missing")
+        if self.threebody is not None and tuple(self.threebody.species) != self.species:
+            raise ModelError("model: the three-body term's species differ from the model's")
         self.core = {n: {"stiffness_ev_per_angstrom2": float(self.core.get(n, {}).get(
                             "stiffness_ev_per_angstrom2", CORE_STIFFNESS_EV_PER_ANGSTROM2)),
                          "length_angstrom": float(self.core.get(n, {}).get("length_angstrom", CORE_LENGTH_ANGSTROM))}
@@ -286,16 +299,18 @@ class Model:
     # --- construction ---------------------------------------------------------------------
     @classmethod
     def closed_form(cls, expressions: dict, species, cutoff_angstrom: float, r_min_angstrom: dict,
-                    masses_amu=None, core: dict | None = None, provenance: dict | None = None) -> Model:
+                    masses_amu=None, core: dict | None = None, provenance: dict | None = None,
+                    threebody=None) -> Model:
         from simulate.units import masses_amu as standard_masses
 
         masses = tuple(standard_masses(species)) if masses_amu is None else tuple(masses_amu)
         return cls(kind="closed_form", species=tuple(species), masses_amu=masses, cutoff_angstrom=cutoff_angstrom,
                    r_min_angstrom=dict(r_min_angstrom), core=dict(core or {}), expressions=dict(expressions),
-                   provenance=dict(provenance or {}))
+                   provenance=dict(provenance or {}), threebody=threebody)
 
     @classmethod
-    def from_tabulated(cls, tabulated: TabulatedModel, masses_amu=None, provenance: dict | None = None) -> Model:
+    def from_tabulated(cls, tabulated: TabulatedModel, masses_amu=None, provenance: dict | None = None,
+                       threebody=None) -> Model:
         from simulate.units import masses_amu as standard_masses
 
         masses = tuple(standard_masses(tabulated.species)) if masses_amu is None else tuple(masses_amu)
@@ -304,7 +319,11 @@ class Model:
         return cls(kind="tabulated", species=tabulated.species, masses_amu=masses,
                    cutoff_angstrom=tabulated.cutoff_angstrom,
                    r_min_angstrom={n: float(r) for n, r in zip(tabulated.pair_types, tabulated.r_min_angstrom)},
-                   core=core, tabulated=tabulated, provenance=dict(provenance or {}))
+                   core=core, tabulated=tabulated, provenance=dict(provenance or {}), threebody=threebody)
+
+    @property
+    def is_many_body(self) -> bool:
+        return self.threebody is not None
 
     # --- names -----------------------------------------------------------------------------
     @property
@@ -407,6 +426,8 @@ class Model:
             data["pair_types"][name] = entry
         if self.kind == "tabulated":
             data["tabulated"] = self.tabulated.to_dict()
+        if self.threebody is not None:
+            data["threebody"] = self.threebody.to_dict()
         return data
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -483,9 +504,11 @@ def _model_from_dict(data, label: str) -> Model:
         if kind == "closed_form":
             expressions[name] = parse_expression(entry.get("expression"), f"{where}.expression")
 
+    term = _threebody_from_dict(data["threebody"], f"{label}: threebody", tuple(species)) if "threebody" in data else None
     if kind == "closed_form":
         model = Model(kind=kind, species=tuple(species), masses_amu=tuple(masses), cutoff_angstrom=cutoff,
-                      r_min_angstrom=r_min, core=core, expressions=expressions, provenance=provenance)
+                      r_min_angstrom=r_min, core=core, expressions=expressions, provenance=provenance,
+                      threebody=term)
         for name in names:  # the law must be finite where it is used
             _check_finite_join(model, name, label)
         return model
@@ -500,7 +523,55 @@ def _model_from_dict(data, label: str) -> Model:
     if list(tabulated.species) != species or abs(tabulated.cutoff_angstrom - cutoff) > 1e-12:
         raise ModelError(f"{label}: tabulated: species or cutoff differ from the model's")
     return Model(kind=kind, species=tuple(species), masses_amu=tuple(masses), cutoff_angstrom=cutoff,
-                 r_min_angstrom=r_min, core=core, tabulated=tabulated, provenance=provenance)
+                 r_min_angstrom=r_min, core=core, tabulated=tabulated, provenance=provenance, threebody=term)
+
+
+def _threebody_from_dict(data, where: str, species: tuple):
+    """The optional three-body section: closed-form laws (parsed safely) or Gaussian × Legendre tables."""
+    if not isinstance(data, dict):
+        raise ModelError(f"{where}: expected a JSON object")
+    cutoff = _number(data.get("cutoff_angstrom"), f"{where}.cutoff_angstrom")
+    names = threebody.triplet_type_names(species)
+    try:
+        if data.get("kind") == "closed_form":
+            entries = data.get("triplet_types")
+            if not isinstance(entries, dict) or not entries:
+                raise ModelError(f"{where}.triplet_types: expected a JSON object with at least one law")
+            unknown = sorted(set(entries) - set(names))
+            if unknown:
+                raise ModelError(f"{where}.triplet_types: unknown triplet type(s) {', '.join(unknown)} "
+                                 f"(known: {', '.join(names)})")
+            expressions = {}
+            for name, entry in entries.items():
+                text = entry.get("expression") if isinstance(entry, dict) else None
+                expressions[name] = parse_expression(text, f"{where}.triplet_types.{name}.expression",
+                                                     variables=threebody.VARIABLES)
+            term = threebody.ThreeBodyLaws(species, cutoff, expressions)
+            problem = term.check()
+            if problem:
+                raise ModelError(f"{where}.triplet_types.{problem}")
+            return term
+        if data.get("kind") == "gaussian_legendre":
+            table = data.get("coefficients_ev")
+            if not isinstance(table, dict) or sorted(table) != sorted(names):
+                raise ModelError(f"{where}.coefficients_ev: expected exactly {', '.join(names)}")
+            centres = data.get("radial_centres_angstrom")
+            if not isinstance(centres, list) or not centres:
+                raise ModelError(f"{where}.radial_centres_angstrom: expected a list of distances")
+            degree = data.get("legendre_degree")
+            if isinstance(degree, bool) or not isinstance(degree, int) or not 0 <= degree <= 12:
+                raise ModelError(f"{where}.legendre_degree: expected an integer from 0 to 12")
+            return threebody.ThreeBodyTable(
+                species, cutoff, [_number(c, f"{where}.radial_centres_angstrom", positive=False) for c in centres],
+                _number(data.get("radial_width_angstrom"), f"{where}.radial_width_angstrom"), degree,
+                np.array([table[n] for n in names], dtype=float))
+    except threebody.ThreeBodyError as exc:
+        raise ModelError(f"{where}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ModelError):
+            raise
+        raise ModelError(f"{where}: malformed ({type(exc).__name__})") from None
+    raise ModelError(f"{where}.kind: expected 'closed_form' or 'gaussian_legendre', got {data.get('kind')!r}")
 
 
 def _check_finite_join(model: Model, name: str, label: str) -> None:
