@@ -339,8 +339,8 @@ def evaluate_command(
     """Force errors of a saved model on every frame of a dataset."""
     import json
 
-    from simulate.fileio import write_text_atomic
     from discover.pipeline import evaluate_model
+    from simulate.fileio import write_text_atomic
 
     if model.is_dir():
         model = model / "model.json"
@@ -454,13 +454,16 @@ def _md_progress_factory(name: str, steps: int, dt_fs: float):
 
 
 def _print_compare_summary(metrics: dict, out: Path) -> None:
-    from discover.report import verdicts
+    from discover.report import LABELS, verdicts
 
-    for line in verdicts(metrics):
-        console.print(f"  {line}", highlight=False)
-    speed = metrics["speed"]
-    if speed["speedup"]:
-        console.print(f"  speed: {speed['speedup']:.3g}× CP2K per step at {speed['n_atoms']} atoms", highlight=False)
+    for name, run in metrics["models"].items():
+        console.print(f"{LABELS.get(name, name)}:", highlight=False)
+        for line in verdicts(run):
+            console.print(f"  {line}", highlight=False)
+        speed = run["speed"]
+        if speed["speedup"]:
+            console.print(f"  speed: {speed['speedup']:.3g}× CP2K per step at {speed['n_atoms']} atoms",
+                          highlight=False)
     print(f"wrote {out}/report.md, metrics.json and figures/")
 
 

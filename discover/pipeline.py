@@ -3,11 +3,15 @@
 Each stage lives in its own module; this one only runs them in order, times them and writes
 their outputs into one model folder:
 
-``model.json``            the selected closed-form model (safe, schema-versioned)
+``model.json``            the default model (safe, schema-versioned): the many-body closed form when it
+                          beats the pairwise one on validation forces, else the pairwise closed form
 ``kernels.py``            its Numba kernels (the interface of ``simulate.kernels``)
-``equations.md``          H_O and H_H in plain text and LaTeX
-``pareto.csv``            every candidate with its search and validation figures
-``tabulated/model.json``  the force-matched B-spline model, and ``tabulated/kernels.py``
+``equations.md``          its H_O and H_H in plain text and LaTeX
+``pairwise/``             the pairwise closed form (model.json, kernels.py, equations.md)
+``tabulated/``            the force-matched pairwise B-spline model, the bound of any pairwise closed form
+``manybody/``             pair laws plus closed-form three-body terms
+``manybody_tabulated/``   pair splines plus the Gaussian × Legendre three-body table
+``pareto.csv``            every pairwise candidate with its search and validation figures
 ``metrics.json``          validation force errors of tabulated, closed form and quadratic baseline
 ``figures/*.png``         pair laws against the tables, and the Pareto fronts
 """
@@ -47,11 +51,10 @@ class StageClock:
 
 
 def validation_forces(dataset: Dataset, frames: np.ndarray, model) -> np.ndarray:
-    """Forces of a pair model (tabulated or closed form) on dataset frames."""
-    return metrics.pair_model_forces(
-        dataset.positions, dataset.cell, dataset.species, model.species, model.cutoff_angstrom,
-        model.force_over_r, frames=frames,
-    )
+    """Forces of any model (pairwise or many-body, tabulated or closed form) on dataset frames."""
+    from discover.threebody import model_forces
+
+    return model_forces(model, dataset.positions, dataset.cell, dataset.species, frames=frames)
 
 
 def model_row(errors: dict, n_parameters: int, complexity=None) -> dict:
@@ -72,6 +75,8 @@ def discover_model(
     search_budget_s: float = 60.0,
     validation_fraction: float = 0.2,
     tolerance: float = refit.DEFAULT_TOLERANCE,
+    manybody: bool = True,
+    threebody_cutoff_angstrom: float | None = None,
     log: Callable[[str], None] | None = None,
     stage: Callable[[str], None] | None = None,
 ) -> dict:
@@ -118,25 +123,37 @@ def discover_model(
                     log=lambda line: None if line.startswith("  ") else say(line))
     closed = fit.model
 
+    models = {"pairwise": closed, "tabulated": Model.from_tabulated(tabulated, provenance=provenance)}
+    rows = {}
+    if manybody:
+        from discover import threebody
+
+        enter("many-body")
+        tab_mb, closed_mb, rows_mb = clock.run("manybody", threebody.discover_manybody, dataset, train, valid,
+                                               closed, r3=threebody_cutoff_angstrom, log=say)
+        models.update(manybody=closed_mb, manybody_tabulated=tab_mb)
+        rows.update(rows_mb)
+
     enter("evaluate")
     reference = dataset.forces[valid]
-    tab_model = Model.from_tabulated(tabulated, provenance=provenance)
-    rows = {
-        "tabulated": model_row(metrics.force_errors(validation_forces(dataset, valid, tab_model), reference,
-                                                    dataset.species), tabulated.n_parameters),
-        "closed_form": model_row(
-            metrics.force_errors(validation_forces(dataset, valid, closed), reference, dataset.species),
-            sum(len(symbolic.parameterize(closed.law(n).expression)[2]) for n in closed.pair_types),
-            {n: symbolic.complexity(closed.law(n).expression) for n in closed.pair_types}),
-        "quadratic_baseline": model_row(
-            metrics.force_errors(baseline.predict_forces(quadratic, dataset.positions, dataset.cell, dataset.species,
-                                                         frames=valid), reference, dataset.species),
-            baseline.parameter_count(quadratic)),
-    }
+    rows["tabulated"] = model_row(metrics.force_errors(validation_forces(dataset, valid, models["tabulated"]),
+                                                       reference, dataset.species), tabulated.n_parameters)
+    rows["closed_form"] = model_row(
+        metrics.force_errors(validation_forces(dataset, valid, closed), reference, dataset.species),
+        sum(len(symbolic.parameterize(closed.law(n).expression)[2]) for n in closed.pair_types),
+        {n: symbolic.complexity(closed.law(n).expression) for n in closed.pair_types})
+    rows["quadratic_baseline"] = model_row(
+        metrics.force_errors(baseline.predict_forces(quadratic, dataset.positions, dataset.cell, dataset.species,
+                                                     frames=valid), reference, dataset.species),
+        baseline.parameter_count(quadratic))
+    # The many-body closed form becomes the default once it beats the pairwise one on validation forces.
+    default = ("manybody" if manybody and rows["manybody_closed_form"]["all"]["relative"]
+               < rows["closed_form"]["all"]["relative"] else "pairwise")
+    say(f"default model: {default}")
     clock.seconds["evaluate"] = round(time.perf_counter() - started - sum(clock.seconds.values()), 3)
 
     enter("write")
-    _write_outputs(out_dir, closed, tab_model, fit, matched)
+    _write_outputs(out_dir, models, default, fit, matched)
     save_baseline(quadratic, out_dir / "baseline.npz")
     result = {
         "schema": "mld.discover.metrics", "schema_version": 1,
@@ -144,28 +161,48 @@ def discover_model(
         "cutoff_angstrom": cutoff, "validation_fraction": validation_fraction,
         "n_train_frames": len(train), "n_validation_frames": len(valid),
         "sampled_r_min_angstrom": dict(zip(tabulated.pair_types, map(float, tabulated.r_min_angstrom))),
+        "default_model": default,
+        "model_folders": {name: name for name in models},
         "models": rows,
         "closed_form_expressions": {n: symbolic.to_text(closed.law(n).expression) for n in closed.pair_types},
         "wall_time_s": {**clock.seconds, "total": round(time.perf_counter() - started, 3)},
     }
-    write_text_atomic(out_dir / "metrics.json", json.dumps(result, indent=2, default=float) + "\n")
+    if manybody:
+        result["threebody_cutoff_angstrom"] = models["manybody"].threebody.cutoff_angstrom
+    write_text_atomic(out_dir / "metrics.json", json.dumps(result, indent=2, default=_json_number) + "\n")
     return result
 
 
-def _write_outputs(out_dir: Path, closed: Model, tab_model: Model, fit, matched) -> None:
-    closed.save(out_dir / "model.json")
-    codegen.write_kernels(closed, out_dir / "kernels.py")
-    tab_model.save(out_dir / "tabulated" / "model.json")
-    codegen.write_kernels(tab_model, out_dir / "tabulated" / "kernels.py")
-    write_text_atomic(out_dir / "equations.md", symbolic.equations_markdown(closed))
+def _json_number(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def _write_model(model: Model, folder: Path) -> None:
+    model.save(folder / "model.json")
+    codegen.write_kernels(model, folder / "kernels.py")
+    write_text_atomic(folder / "equations.md", symbolic.equations_markdown(model))
+
+
+def _write_outputs(out_dir: Path, models: dict, default: str, fit, matched) -> None:
+    """Each model in its own folder; the default one also at the top of ``out_dir``."""
+    for name, model in models.items():
+        _write_model(model, out_dir / name)
+    _write_model(models[default], out_dir)
     write_text_atomic(out_dir / "pareto.csv", fit.candidates.to_csv(index=False))
+    closed, tab_model = models["pairwise"], models["tabulated"]
     figures = out_dir / "figures"
     panels = {}
     for t, name in enumerate(closed.pair_types):
         r_min = float(matched.model.r_min_angstrom[t])
         r = np.linspace(max(0.6, r_min - 0.4), closed.cutoff_angstrom, 600)
-        panels[name] = (r, {"tabulated": tab_model.energy(t, r), "closed form": closed.energy(t, r)},
-                        (r_min, closed.cutoff_angstrom))
+        series = {"tabulated": tab_model.energy(t, r), "closed form": closed.energy(t, r)}
+        if "manybody" in models:
+            series["many-body closed form (pair part)"] = models["manybody"].energy(t, r)
+        panels[name] = (r, series, (r_min, closed.cutoff_angstrom))
     plots.pair_laws(panels, figures / "pair_laws.png")
     fronts = {}
     table = fit.candidates
@@ -192,7 +229,7 @@ def evaluate_model(model_path: str | Path, dataset_path: str | Path, frames=None
     frames = np.arange(dataset.n_frames) if frames is None else np.asarray(frames)
     predicted = validation_forces(dataset, frames, model)
     errors = metrics.force_errors(predicted, dataset.forces[frames], dataset.species)
-    return {"model": str(model_path), "dataset": str(dataset_path), "n_frames": int(len(frames)),
+    return {"model": str(model_path), "dataset": str(dataset_path), "n_frames": len(frames),
             "force_errors": {g: {k: float(v) for k, v in f.items()} for g, f in errors.items()}}
 
 

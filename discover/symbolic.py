@@ -188,28 +188,101 @@ def core_expression(r0: float, u0: float, du0: float, stiffness: float, length: 
 # --- equations ------------------------------------------------------------------------------------
 
 
-def agent_loss_text(species: str, species_names, pair_name_of) -> tuple[str, str]:
-    """H_A(k) as a sum over neighbour species, in plain text and LaTeX."""
+def agent_loss_text(species: str, species_names, pair_name_of, triplet_names=()) -> tuple[str, str]:
+    """H_A(k) as a sum over neighbour species, in plain text and LaTeX.
+
+    ``triplet_names``: the three-body types ``BAC`` centred on this species that have a term; each
+    adds Σ_{j<l} w_BAC(r_kj, r_kl, cos θ_jkl) over neighbour pairs j ∈ B, l ∈ C inside r_3.
+    """
     plain, latex = [], []
     for other in species_names:
         name = pair_name_of(species, other)
         plain.append(f"Σ_{{j∈{other}, r_kj<r_c}} u_{name}(r_kj)")
         latex.append(rf"\sum_{{j \in \mathrm{{{other}}},\, r_{{kj}}<r_c}} u_{{\mathrm{{{name}}}}}(r_{{kj}})")
+    for name in triplet_names:
+        first, second = name[0], name[2]
+        plain.append(f"Σ_{{j<l; j∈{first}, l∈{second}; r_kj,r_kl<r_3}} w_{name}(r_kj, r_kl, cos θ_jkl)")
+        latex.append(rf"\sum_{{j<l;\, j \in \mathrm{{{first}}},\, l \in \mathrm{{{second}}};\, r_{{kj}},r_{{kl}}<r_3}} "
+                     rf"w_{{\mathrm{{{name}}}}}(r_{{kj}}, r_{{kl}}, \cos\theta_{{jkl}})")
     return f"H_{species}(k) = " + " + ".join(plain), rf"H_{{\mathrm{{{species}}}}}(k) = " + " + ".join(latex)
 
 
+def threebody_terms(model) -> dict[str, list[str]]:
+    """``{species: [triplet type names centred on it that have a term]}``; empty lists for a pair model."""
+    term = getattr(model, "threebody", None)
+    centred = {s: [] for s in model.species}
+    if term is None:
+        return centred
+    names = term.triplet_types
+    present = names if not hasattr(term, "expressions") else [n for n in names if n in term.expressions]
+    for name in present:
+        centred[name[1]].append(name)
+    return centred
+
+
+def threebody_markdown(term) -> list[str]:
+    """The three-body section of ``equations.md``: cutoff, variables, and each law or the table's shape."""
+    from discover import threebody  # threebody imports this module
+
+    r3 = term.cutoff_angstrom
+    lines = [
+        "## Three-body terms",
+        "",
+        f"Three-body cutoff r_3 = {r3:.4g} Å. A triplet type BAC is a centre k of species A with two neighbours",
+        "j of species B and l of species C, both closer than r_3; r1 = r_kj, r2 = r_kl and c = cos θ_jkl, the",
+        "cosine of the angle at the centre. When B = C the law is symmetric in r1 and r2. Each triplet counts",
+        "in full in its centre's loss and once in the energy: E = Σ_pairs u + Σ_k Σ_{j<l} w.",
+        "",
+    ]
+    if isinstance(term, threebody.ThreeBodyTable):
+        k = len(term.centres_angstrom)
+        centres = ", ".join(f"{c:.4g}" for c in term.centres_angstrom)
+        lines += [
+            (f"Every triplet type ({', '.join(term.triplet_types)}) has a tabulated term, not a closed form: a "
+             f"Gaussian × Legendre table of {term.coefficients.size} coefficients ({term.n_parameters} free),"),
+            "",
+            "- w(r1, r2, c) = Σ_{a,b,n} C_abn φ_a(r1) φ_b(r2) P_n(c), φ_a(r) = exp(−((r − μ_a)/σ)²) (1 − (r/r_3)²)³,",
+            (f"  with {k} Gaussians at μ = {centres} Å, width σ = {term.width_angstrom:.4g} Å, and Legendre "
+             f"polynomials P_0..P_{term.degree} of c."),
+            "",
+            (r"$$ w_{\mathrm{BAC}}(r_1, r_2, c) = \sum_{a,b,n} C_{abn}\, \phi_a(r_1)\, \phi_b(r_2)\, P_n(c),"
+             r" \quad \phi_a(r) = e^{-((r-\mu_a)/\sigma)^2} \left(1 - (r/r_3)^2\right)^3 $$"),
+            "",
+        ]
+        return lines
+    for name in term.triplet_types:
+        if name not in term.expressions:
+            continue
+        w = term.expressions[name]
+        lines += [
+            f"### w_{name}(r1, r2, c)   (centre {name[1]}, r1 to {name[0]}, r2 to {name[2]})",
+            "",
+            f"- w(r1, r2, c) = `{to_text(w)}`",
+            "",
+            f"$$ w_{{\\mathrm{{{name}}}}}(r_1, r_2, c) = {sympy.latex(w)} $$",
+            "",
+        ]
+    missing = [n for n in term.triplet_types if n not in term.expressions]
+    if missing:
+        lines += [f"Triplet types without a term: {', '.join(missing)}.", ""]
+    return lines
+
+
 def equations_markdown(model) -> str:
-    """``equations.md``: each species' agent loss and each pair law, in plain text and LaTeX (eV, Å)."""
+    """``equations.md``: each species' agent loss and each pair law, and any three-body term, in plain
+    text and LaTeX (eV, Å)."""
     rc = model.cutoff_angstrom
     lines = [
         "# Learned agent losses",
         "",
-        f"Units: energies in eV, distances in Å. Cutoff r_c = {rc:.4g} Å. Model kind: {model.kind}.",
+        f"Units: energies in eV, distances in Å. Cutoff r_c = {rc:.4g} Å. Model kind: {model.kind}"
+        + (" with a three-body term." if getattr(model, "threebody", None) is not None else "."),
         "Each atom k of species A follows m_k q̈_k = −∂H_A/∂q_k with",
         "",
     ]
+    centred = threebody_terms(model)
     for species in model.species:
-        plain, latex = agent_loss_text(species, model.species, model.pair_name)
+        plain, latex = agent_loss_text(species, model.species, model.pair_name, centred[species])
         lines += [f"- `{plain}`", "", f"$$ {latex} $$", ""]
     lines += [
         "Every pair law below is used with the shifted-force cutoff",
@@ -235,4 +308,6 @@ def equations_markdown(model) -> str:
             ]
         else:
             lines += ["- tabulated (cubic B-spline force, exact antiderivative energy); no closed form.", ""]
+    if getattr(model, "threebody", None) is not None:
+        lines += threebody_markdown(model.threebody)
     return "\n".join(lines)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import sympy
 
-from discover import symbolic
+from discover import symbolic, threebody
 from discover.codegen import write_kernels
 from discover.export.pairs import Frame, PairExpressions
 from discover.model import Model
@@ -88,6 +88,30 @@ def morse_water_model() -> Model:
     """A closed-form ``discover.model.Model`` of the morse_water laws, with repulsive walls below r_min."""
     return Model.closed_form(_morse_water_laws(symbolic.R), ("O", "H"), 4.5, MORSE_MODEL_R_MIN_ANGSTROM,
                              masses_amu=(15.999, 1.008))
+
+
+MANYBODY_CUTOFF_ANGSTROM = 3.2
+
+
+def manybody_laws() -> dict[str, sympy.Expr]:
+    """Smooth separable triplet laws: H–O–H and O–H···O (like neighbours, symmetric in r1, r2) and the
+    unlike O–O–H (r1 to the O neighbour, r2 to the H), which exercises the neighbour ordering."""
+    r1, r2, c = threebody.R1, threebody.R2, threebody.C
+    rc = sympy.Float(MANYBODY_CUTOFF_ANGSTROM)
+    cut1, cut2 = (1 - (r1 / rc) ** 2) ** 3, (1 - (r2 / rc) ** 2) ** 3
+    return {
+        "HOH": 1.0 * sympy.exp(-2 * (r1 - 1) ** 2) * sympy.exp(-2 * (r2 - 1) ** 2) * (c + 0.6) ** 2 * cut1 * cut2,
+        "OHO": 0.2 * sympy.exp(-1.5 * (r1 - 1.8) ** 2) * sympy.exp(-1.5 * (r2 - 1.8) ** 2) * (c + 1) ** 2 * cut1 * cut2,
+        "OOH": 0.1 * sympy.exp(-(r1 - 2.8) ** 2) * sympy.exp(-3 * (r2 - 1) ** 2) * (c - 0.2) * cut1 * cut2,
+    }
+
+
+def manybody_water_model() -> Model:
+    """The morse_water pairs (with walls) plus ``manybody_laws``: a closed-form many-body Model."""
+    term = threebody.ThreeBodyLaws(("O", "H"), MANYBODY_CUTOFF_ANGSTROM, manybody_laws())
+    assert term.check() == ""
+    return Model.closed_form(_morse_water_laws(symbolic.R), ("O", "H"), 4.5, MORSE_MODEL_R_MIN_ANGSTROM,
+                             masses_amu=(15.999, 1.008), threebody=term)
 
 
 def generated_kernels(model: Model, directory: Path):

@@ -20,6 +20,7 @@ from tests.export_support import (
     MORSE_WATER,
     generated_kernels,
     lammps_missing_reason,
+    manybody_water_model,
     morse_kernels,
     morse_water_expressions,
     morse_water_model,
@@ -245,3 +246,26 @@ def test_readme_example_lammps_deck_runs_nvt(tmp_path, frame):
     frames = read_dump(tmp_path / "lammps" / DUMP_FILE)
     assert [step for step, _ in frames] == list(range(0, 1001, 100))
     assert all(np.isfinite(columns["fx"]).all() for _, columns in frames)
+
+
+@pytest.mark.parametrize("as_file", [False, True])
+def test_lammps_export_of_a_manybody_model_refuses_in_one_line_naming_the_exports_that_cover_it(
+        frame, tmp_path, as_file):
+    model = manybody_water_model()
+    given = model.save(tmp_path / "model.json") if as_file else model
+    out = tmp_path / "lammps"
+    with pytest.raises(ExportError) as refused:
+        export_model("lammps", given, out, frame=frame)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "three-body term (r_3 = 3.2 Å)" in message and "LAMMPS" in message and "ase or c" in message
+    assert not out.exists()  # never the pair part alone
+
+
+def test_pair_sources_refuse_a_manybody_model_unless_the_target_carries_it():
+    model = manybody_water_model()
+    with pytest.raises(ExportError, match="pair exports carry pairwise terms only"):
+        pair_source(model)
+    assert pair_source(model, "ase").threebody_cutoff_angstrom == 3.2
+    assert pair_source(MORSE_WATER.with_name("sw_triplet.py"), "c").threebody_cutoff_angstrom == 1.6
+    assert pair_source(morse_water_model(), "lammps").threebody_cutoff_angstrom is None

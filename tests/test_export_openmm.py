@@ -12,6 +12,7 @@ from discover.export import ExportError, export_model
 from tests.export_support import (
     MORSE_WATER,
     generated_kernels,
+    manybody_water_model,
     morse_kernels,
     morse_water_expressions,
     morse_water_model,
@@ -121,3 +122,11 @@ def test_readme_example_openmm_export_runs(frame, tmp_path):
     kernels = morse_kernels()
     expected = kernels.energy_forces(frame.positions_angstrom, frame.types(kernels.SPECIES), frame.box_angstrom)[0]
     assert energy0 == pytest.approx(expected, rel=1e-6)
+
+
+def test_openmm_export_of_a_manybody_model_refuses_in_one_line(frame, tmp_path):
+    with pytest.raises(ExportError) as refused:
+        export_model("openmm", manybody_water_model(), tmp_path / "openmm", frame=frame)
+    message = str(refused.value)
+    assert "\n" not in message and "three-body" in message and "OpenMM" in message and "ase or c" in message
+    assert not (tmp_path / "openmm").exists()

@@ -3,6 +3,10 @@
 Each export reads either a kernel module (see :mod:`simulate.kernels`; tabulated exports) or
 closed-form :class:`~discover.export.pairs.PairExpressions` (exact exports), see
 :mod:`discover.export.pairs`. :func:`export_model` is the one entry point the CLI calls.
+
+A many-body model (three-body terms, :mod:`discover.threebody`) is carried by ``ase`` (its kernels)
+and ``c`` (its closed-form triplet laws); ``lammps`` and ``openmm`` refuse it in one line rather
+than export its pair part alone.
 """
 
 from __future__ import annotations

@@ -4,8 +4,13 @@ ASE's units are ours (Å, eV, amu), so energies and forces pass through unchange
 
 ``energy``, ``free_energy``  total potential energy E (eV)
 ``forces``                   (N,3) eV/Å
-``energies``                 per-atom energies summing to E: ½ H_k for a pairwise model
-``agent_loss``               per-atom agent loss H_{A_k}(k) = Σ_j u(r_kj) (eV), the quantity mld learns
+``energies``                 per-atom energies summing to E: ½ H_k for a pairwise model (not offered
+                             for a many-body one, whose triplets count in full in their centre's loss)
+``agent_loss``               per-atom agent loss H_{A_k}(k) = Σ_j u(r_kj) (+ Σ_{j<l} w for a many-body
+                             model) in eV, the quantity mld learns
+
+A many-body model runs through its kernels' ``energy_forces``, three-body terms included; the export
+copies a many-body kernel module as it is, or generates the kernels of a many-body model.
 
 The cell must be periodic and orthorhombic in all three directions (the kernel's minimum image),
 or not periodic at all.
@@ -126,7 +131,7 @@ def export_ase(model, out_dir, frame: Frame | None = None, *, timestep_fs: float
     ``run_ase.py`` (velocity-Verlet MD with :class:`MldCalculator`). Returns the paths written."""
     from ase.io import write
 
-    source = pair_source(model)
+    source = pair_source(model, "ase")
     out_dir = Path(out_dir)
     if source.kernel_module is not None:
         with atomic_path(out_dir / "kernels.py") as tmp:

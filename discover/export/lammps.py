@@ -7,6 +7,11 @@ linear N`` asks for, and with r_hi equal to the cutoff: then LAMMPS uses the wri
 are instead of re-splining them (pair_table.cpp, ``tb->match``), and the only error left is linear
 interpolation in r² between exact values. The lepton variant carries the closed-form law itself;
 Lepton differentiates it analytically, so its forces are exact to rounding.
+
+A many-body model is refused (``pairs.pair_source``): ``pair_style sw`` holds only Stillinger–Weber
+laws, and ``threebody/table`` looks forces up at the nearest point of an (r_ij, r_ik, θ) grid with no
+interpolation, so a relative force error of 1e-3 on laws that vary on a 0.5 Å scale would need a grid
+step of ~5e-4 Å, some 10¹¹ table lines per triplet type. The ase and c exports carry three-body terms.
 """
 
 from __future__ import annotations
@@ -186,7 +191,7 @@ def export_lammps(
     lepton pair lines when available (``style='auto'``), else the table. ``deck_options`` go to
     :func:`input_deck` (ensemble, temperature_k, timestep_fs, steps, thermo_every, dump_every, ...).
     """
-    source = pair_source(model)
+    source = pair_source(model, "lammps")
     out_dir = Path(out_dir)
     if style == "auto":
         style = "lepton" if source.expressions is not None else "table"

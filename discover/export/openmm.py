@@ -11,6 +11,9 @@ set once), so no per-particle parameters or type switches are needed. Its energy
 
 ``Continuous1DFunction`` is zero below its first point: the table starts at ``inner_angstrom``,
 far inside the repulsive core of any physical frame.
+
+A many-body model is refused in one line (``pairs.pair_source``): these forces are pairwise, and the
+ase and c exports carry three-body terms.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ def build_system(
     ``tabulate``: None uses the closed form when the model has one, else tables.
     """
     openmm = _openmm()
-    source = pair_source(model)
+    source = pair_source(model, "openmm")
     if tabulate is None:
         tabulate = source.expressions is None
     if not tabulate and source.expressions is None:

@@ -109,6 +109,9 @@ class PairSource:
     kernel_module: ModuleType | None = None
     expressions: PairExpressions | None = None
     model = None  # the discover.model.Model behind it, when there is one
+    # r_3 of a many-body input (its three-body term is ``model.threebody`` or the kernel module's
+    # ``triplet_energy_gradient``); None for a pairwise one
+    threebody_cutoff_angstrom: float | None = None
 
     def energy_force_over_r(self, type_i: int, type_j: int, r_angstrom: np.ndarray):
         """(u in eV, −u'/r in eV/Å²) at each r; zero at and beyond the cutoff."""
@@ -131,7 +134,7 @@ class _KernelSource(PairSource):
     def __init__(self, module: ModuleType, label: str):
         check_kernel_module(module, label)
         if has_threebody(module):
-            raise ExportError(f"{label}: has a three-body term; pair exports carry pairwise models only")
+            self.threebody_cutoff_angstrom = float(module.THREEBODY_CUTOFF_ANGSTROM)
         self.kernel_module = module
         self.species = tuple(module.SPECIES)
         self.masses_amu = tuple(float(m) for m in module.MASSES_AMU)
@@ -191,9 +194,34 @@ def model_expressions(model) -> PairExpressions:
                            cutoff_angstrom=model.cutoff_angstrom, expressions=model.pair_expressions())
 
 
-def pair_source(model) -> PairSource:
+# the exports that carry a three-body term; every other one refuses a many-body model outright,
+# rather than export its pair part alone
+THREEBODY_TARGETS = ("ase", "c")
+_NO_THREEBODY_FORM = {
+    "lammps": ("the LAMMPS export has no pair style for it (threebody/table looks forces up at the nearest "
+               "grid point without interpolation, and sw takes only Stillinger–Weber laws)"),
+    "openmm": "the OpenMM export has no force for it (CustomNonbondedForce is pairwise)",
+}
+
+
+def pair_source(model, target: str | None = None) -> PairSource:
     """A :class:`PairSource` from a kernel module or its path, :class:`PairExpressions`, or a
-    ``discover.model.Model`` or its ``model.json``."""
+    ``discover.model.Model`` or its ``model.json``.
+
+    ``target`` names the export asking (``"lammps"``, ``"openmm"``, ``"ase"``, ``"c"``). A many-body
+    input is refused, in one line naming the exports that cover it, unless ``target`` is one of
+    :data:`THREEBODY_TARGETS`: no export ever writes only the pair part of a many-body model.
+    """
+    source = _pair_source(model)
+    if source.threebody_cutoff_angstrom is not None and target not in THREEBODY_TARGETS:
+        reason = _NO_THREEBODY_FORM.get(target, "pair exports carry pairwise terms only")
+        raise ExportError(f"{source.label}: has a three-body term (r_3 = {source.threebody_cutoff_angstrom:g} Å) "
+                          f"and {reason}; export it with {' or '.join(THREEBODY_TARGETS)}, which cover three-body "
+                          "terms")
+    return source
+
+
+def _pair_source(model) -> PairSource:
     if isinstance(model, PairSource):
         return model
     if isinstance(model, PairExpressions):
@@ -216,6 +244,8 @@ def _model_source(model, label: str) -> PairSource:
     else:
         source = _TabulatedModelSource(model, label)
     source.model = model
+    if model.threebody is not None:
+        source.threebody_cutoff_angstrom = float(model.threebody.cutoff_angstrom)
     return source
 
 
