@@ -272,6 +272,10 @@ Engine = Annotated[str, typer.Option(help="Symbolic-regression engine: auto (PyS
                                           "of classic families always runs beside the engine.")]
 Cutoff = Annotated[float | None, typer.Option("--cutoff", help="Pair cutoff rc in Å (default: the largest the cell "
                                                                 "allows, less a margin).")]
+ThreebodyCutoff = Annotated[float, typer.Option(help="Three-body cutoff r_3 in Å; 0 chooses it by validation "
+                                                    "among 2.8, 3.2 and 3.6 Å.")]
+Budget = Annotated[str, typer.Option(help="full, or quick (fewer frames in the nonlinear fits: a smoke test).")]
+Manybody = Annotated[bool, typer.Option(help="Also learn many-body (three-body) agent losses.")]
 SearchBudget = Annotated[float, typer.Option(help="Seconds of symbolic search per pair type.")]
 
 
@@ -304,6 +308,9 @@ def discover_command(
     seed: Annotated[int, typer.Option(help="Seed of the symbolic search (repeatable on one machine).")] = 0,
     search_budget: SearchBudget = 60.0,
     validation_fraction: Annotated[float, typer.Option(help="Last fraction of frames held out for validation.")] = 0.2,
+    manybody: Manybody = True,
+    threebody_cutoff: ThreebodyCutoff = 3.2,
+    budget: Budget = "full",
 ):
     """Learn H_O and H_H from a dataset's forces: tables, closed forms, equations, Numba kernels, metrics."""
     from discover.pipeline import discover_model
@@ -312,6 +319,7 @@ def discover_command(
     with progress:
         result = discover_model(dataset, out, engine=engine, cutoff_angstrom=cutoff, seed=seed,
                                 search_budget_s=search_budget, validation_fraction=validation_fraction,
+                                manybody=manybody, threebody_cutoff_angstrom=threebody_cutoff or None, budget=budget,
                                 log=log, stage=enter)
         enter("done")
     _print_model_table(result)
@@ -503,6 +511,9 @@ def run_command(
     cutoff: Cutoff = None,
     seed: Annotated[int, typer.Option(help="Seed of the search and the MD run.")] = 0,
     search_budget: SearchBudget = 60.0,
+    manybody: Manybody = True,
+    threebody_cutoff: ThreebodyCutoff = 3.2,
+    budget: Budget = "full",
     length_factor: LengthFactor = 10.0,
     steps: MdSteps = None,
     nve_steps: NveSteps = 2000,
@@ -517,7 +528,8 @@ def run_command(
     progress, enter, log = stage_progress()
     with progress:
         result = discover_model(dataset, models, engine=engine, cutoff_angstrom=cutoff, seed=seed,
-                                search_budget_s=search_budget, log=log, stage=enter)
+                                search_budget_s=search_budget, manybody=manybody,
+                                threebody_cutoff_angstrom=threebody_cutoff or None, budget=budget, log=log, stage=enter)
         enter("done")
     _print_model_table(result)
     metrics = compare_model(models, dataset, out, length_factor=length_factor, steps=steps, nve_steps=nve_steps,

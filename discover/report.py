@@ -350,7 +350,7 @@ def report_markdown(m: dict, model_dir: Path) -> str:
     for pair in first["rdf"]:
         ref = first["rdf"][pair]["reference"]
         lines.append(f"| g_{pair} peak (Å) | {_fmt(ref['first_peak_angstrom'])} | " + _model_columns(
-            m, lambda run, pair=pair: f"{_fmt(run["rdf"][pair]['learned']['first_peak_angstrom'])} "
+            m, lambda run, pair=pair: f"{_fmt(run['rdf'][pair]['learned']['first_peak_angstrom'])} "
                            f"({run['rdf'][pair]['first_peak_shift_angstrom']:+.3f})") + " |")
         lines.append(f"| g_{pair} height | {_fmt(ref['first_peak_height'], 2)} | " + _model_columns(
             m, lambda run, pair=pair: _fmt(run["rdf"][pair]['learned']['first_peak_height'], 2)) + " |")

@@ -15,9 +15,9 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def small_dataset(tmp_path_factory, shipped_dataset):
-    """Every 4th frame of the shipped run: the same physics, a quarter of the cost."""
+    """Every 6th frame of the shipped run: the same physics, a sixth of the cost."""
     path = tmp_path_factory.mktemp("data") / "water_small.npz"
-    shipped_dataset.select(slice(None, None, 4)).save(path)
+    shipped_dataset.select(slice(None, None, 6)).save(path)
     return path
 
 
@@ -27,7 +27,7 @@ def finished_run(tmp_path_factory, small_dataset):
     models, report = work / "models", work / "report"
     result = CliRunner().invoke(app, [
         "run", "--dataset", str(small_dataset), "--models", str(models), "--out", str(report),
-        "--search-budget", "4", "--steps", "1000", "--nve-steps", "200", "--seed", "1",
+        "--search-budget", "2", "--budget", "quick", "--steps", "1000", "--nve-steps", "200", "--seed", "1",
     ])
     assert result.exit_code == 0, result.output
     return models, report
@@ -35,11 +35,14 @@ def finished_run(tmp_path_factory, small_dataset):
 
 def test_run_writes_model_files(finished_run):
     models, _ = finished_run
-    for name in ("model.json", "kernels.py", "equations.md", "pareto.csv", "metrics.json", "baseline.npz",
-                 "tabulated/model.json", "tabulated/kernels.py"):
+    for name in ("model.json", "kernels.py", "equations.md", "pareto.csv", "metrics.json", "baseline.npz"):
         assert (models / name).is_file(), name
+    for folder in ("pairwise", "tabulated", "manybody", "manybody_tabulated"):
+        for name in ("model.json", "kernels.py", "equations.md"):
+            assert (models / folder / name).is_file(), f"{folder}/{name}"
     metrics = json.loads((models / "metrics.json").read_text())
-    for row in ("tabulated", "closed_form", "quadratic_baseline"):
+    assert metrics["default_model"] in ("manybody", "pairwise")
+    for row in ("tabulated", "closed_form", "quadratic_baseline", "manybody_tabulated", "manybody_closed_form"):
         for group in ("O", "H", "all"):
             figures = metrics["models"][row][group]
             assert figures["rmse"] > 0 and np.isfinite(figures["relative"])
@@ -51,10 +54,13 @@ def test_run_writes_model_files(finished_run):
 def test_run_report_parses_and_figures_are_png(finished_run):
     _, report = finished_run
     metrics = json.loads((report / "metrics.json").read_text())
-    for pair in ("OO", "OH", "HH"):
-        assert np.isfinite(metrics["rdf"][pair]["learned"]["first_peak_angstrom"])
-    assert metrics["speed"]["speedup"] > 1
-    assert set(metrics["force_errors"]) == {"closed_form", "tabulated", "quadratic_baseline"}
+    assert set(metrics["models"]) == {"manybody", "pairwise"}  # the report shows both
+    for run in metrics["models"].values():
+        for pair in ("OO", "OH", "HH"):
+            assert np.isfinite(run["rdf"][pair]["learned"]["first_peak_angstrom"])
+        assert run["speed"]["speedup"] > 1
+    assert set(metrics["force_errors"]) == {"manybody", "manybody_tabulated", "pairwise", "tabulated",
+                                            "quadratic_baseline"}
     text = (report / "report.md").read_text()
     assert "GFN1-xTB" in text and "Learned agent losses" in text
     for name in ("rdf.png", "parity.png", "pair_laws.png", "pareto.png", "geometry_temperature.png", "vdos.png"):
@@ -76,7 +82,9 @@ def test_evaluate_reports_the_same_validation_error_as_discover(finished_run, sm
     result = CliRunner().invoke(app, ["evaluate", str(models / "model.json"), str(validation), "--json", str(out)])
     assert result.exit_code == 0, result.output
     figures = json.loads(out.read_text())["force_errors"]["all"]
-    expected = json.loads((models / "metrics.json").read_text())["models"]["closed_form"]["all"]
+    metrics = json.loads((models / "metrics.json").read_text())
+    row = "manybody_closed_form" if metrics["default_model"] == "manybody" else "closed_form"
+    expected = metrics["models"][row]["all"]
     assert figures["rmse"] == pytest.approx(expected["rmse"], rel=1e-9)
 
 
@@ -93,12 +101,22 @@ def test_simulate_cli_runs_a_replicated_box(finished_run, small_dataset, tmp_pat
     assert np.allclose(traj["box"][0], [2 * 9.865406, 9.865406, 9.865406])
 
 
-def test_export_cli_writes_lammps_deck(finished_run, small_dataset, tmp_path):
+def test_export_cli_writes_lammps_deck_for_the_pairwise_model(finished_run, small_dataset, tmp_path):
     models, _ = finished_run
-    result = CliRunner().invoke(app, ["export", str(models), "--to", "lammps", "--out", str(tmp_path / "lmp"),
-                                      "--init", str(small_dataset)])
+    result = CliRunner().invoke(app, ["export", str(models / "pairwise"), "--to", "lammps", "--out",
+                                      str(tmp_path / "lmp"), "--init", str(small_dataset)])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "lmp" / "in.lammps").is_file()
+
+
+def test_export_cli_refuses_lammps_for_the_many_body_model_in_one_line(finished_run, small_dataset, tmp_path):
+    models, _ = finished_run
+    result = CliRunner().invoke(app, ["export", str(models / "manybody"), "--to", "lammps", "--out",
+                                      str(tmp_path / "lmp"), "--init", str(small_dataset)])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "three-body" in lines[0], result.output
+    assert not (tmp_path / "lmp" / "in.lammps").exists()
 
 
 @pytest.mark.parametrize("args, fragment", [
