@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from discover.force_matching import check_arrays, check_cutoff, default_cutoff, split_frames
+from discover.force_matching import prepare_training
 from discover.invariants import iter_pair_chunks, pair_table, species_types
 from simulate.errors import MldError
 
@@ -183,15 +183,9 @@ def fit_quadratic_baseline(
     ``ridge`` (relative) is added, which leaves exactly determined problems exact to ~√ridge.
     """
     started = time.perf_counter()
-    species = np.asarray(species).astype(str)
-    species_names = tuple(species_names) if species_names is not None else tuple(dict.fromkeys(species.tolist()))
-    check_arrays(positions, forces, cells, species, species_names)
-    train_frames = split_frames(positions.shape[0])[0] if train_frames is None else np.asarray(train_frames, np.int64)
-    if len(train_frames) == 0:
-        raise BaselineError("the quadratic baseline needs at least one training frame")
-    if cutoff_angstrom is None:
-        cutoff_angstrom = default_cutoff(cells[train_frames])
-    check_cutoff(cutoff_angstrom, cells[train_frames])
+    species, species_names, train_frames, cutoff_angstrom = prepare_training(
+        positions, forces, cells, species, species_names, train_frames, cutoff_angstrom,
+        fitter="the quadratic baseline", error=BaselineError)
     if n_radial < 1 or not 0.0 <= inner_angstrom < cutoff_angstrom:
         raise BaselineError(f"radial basis: need n_radial ≥ 1 and 0 ≤ inner < cutoff ({cutoff_angstrom:.3f} Å)")
     centres = np.linspace(inner_angstrom, cutoff_angstrom, n_radial)

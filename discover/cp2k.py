@@ -902,6 +902,18 @@ def write_water_box(
 METHODS = ("xtb", "pbe-d3")
 THERMOSTATS = ("csvr", "nose", "none")
 
+# orbital-transformation SCF with an outer loop, shared by both methods: robust for condensed-phase MD
+_OT_SCF = """\
+      &OT
+        PRECONDITIONER FULL_SINGLE_INVERSE
+        MINIMIZER DIIS
+      &END OT
+      &OUTER_SCF
+        MAX_SCF 10
+        EPS_SCF 1.0E-6
+      &END OUTER_SCF
+"""
+
 _XTB_DFT = """\
     &QS
       METHOD xTB
@@ -914,14 +926,7 @@ _XTB_DFT = """\
       SCF_GUESS MOPAC
       EPS_SCF 1.0E-6
       MAX_SCF 50
-      &OT
-        PRECONDITIONER FULL_SINGLE_INVERSE
-        MINIMIZER DIIS
-      &END OT
-      &OUTER_SCF
-        MAX_SCF 10
-        EPS_SCF 1.0E-6
-      &END OUTER_SCF
+""" + _OT_SCF + """\
     &END SCF
     &POISSON
       &EWALD
@@ -947,14 +952,7 @@ _PBE_D3_DFT = """\
       SCF_GUESS ATOMIC
       EPS_SCF 1.0E-6
       MAX_SCF 30
-      &OT
-        PRECONDITIONER FULL_SINGLE_INVERSE
-        MINIMIZER DIIS
-      &END OT
-      &OUTER_SCF
-        MAX_SCF 10
-        EPS_SCF 1.0E-6
-      &END OUTER_SCF
+""" + _OT_SCF + """\
     &END SCF
     &XC
       &XC_FUNCTIONAL PBE

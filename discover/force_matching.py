@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 from scipy import sparse
@@ -101,6 +102,26 @@ def check_cutoff(cutoff_angstrom: float, cells: np.ndarray) -> None:
         raise ForceMatchingError(
             f"cutoff {cutoff_angstrom:.3f} Å must be positive and at most the minimum-image limit {limit:.3f} Å"
         )
+
+
+def prepare_training(positions, forces, cells, species, species_names, train_frames, cutoff_angstrom,
+                     *, fitter: str = "force matching", error: type[MldError] = ForceMatchingError):
+    """The checked inputs every force fit starts from: ``(species, species_names, train_frames, cutoff_angstrom)``.
+
+    ``species_names=None`` takes the species in order of first appearance; ``train_frames=None`` the
+    training part of ``split_frames``, never the validation block; ``cutoff_angstrom=None`` the largest
+    the training cells allow. An empty training set raises ``error`` naming ``fitter``.
+    """
+    species = np.asarray(species).astype(str)
+    species_names = tuple(species_names) if species_names is not None else tuple(dict.fromkeys(species.tolist()))
+    check_arrays(positions, forces, cells, species, species_names)
+    train_frames = split_frames(positions.shape[0])[0] if train_frames is None else np.asarray(train_frames, np.int64)
+    if len(train_frames) == 0:
+        raise error(f"{fitter} needs at least one training frame")
+    if cutoff_angstrom is None:
+        cutoff_angstrom = default_cutoff(cells[train_frames])
+    check_cutoff(cutoff_angstrom, cells[train_frames])
+    return species, species_names, train_frames, cutoff_angstrom
 
 
 # --- the repulsive core ----------------------------------------------------------------
@@ -190,8 +211,22 @@ def pair_histogram(
 # --- the tabulated model ------------------------------------------------------------------
 
 
+class PairForceViews:
+    """``energy``, ``force`` and ``force_over_r`` of a pair model, from its ``energy_and_force(pair_type, r)``."""
+
+    def energy(self, pair_type, r) -> np.ndarray:
+        return self.energy_and_force(pair_type, r)[0]
+
+    def force(self, pair_type, r) -> np.ndarray:
+        return self.energy_and_force(pair_type, r)[1]
+
+    def force_over_r(self, pair_type, r) -> np.ndarray:
+        """f(r)/r in eV/Å², the factor that multiplies x_i − x_j (``invariants.scatter_pair_forces``)."""
+        return self.force(pair_type, r) / np.asarray(r, dtype=float)
+
+
 @dataclass
-class TabulatedModel:
+class TabulatedModel(PairForceViews):
     """Pair forces f_AB(r) as cubic B-splines on [r_min, r_c], a repulsive core below, zero beyond.
 
     f(r_c) = 0 exactly (the last spline coefficient is fixed at zero), and u(r) = ∫_r^{r_c} f, so
@@ -272,16 +307,6 @@ class TabulatedModel:
                 f[core] = -du_core
         return u, f
 
-    def energy(self, pair_type, r) -> np.ndarray:
-        return self.energy_and_force(pair_type, r)[0]
-
-    def force(self, pair_type, r) -> np.ndarray:
-        return self.energy_and_force(pair_type, r)[1]
-
-    def force_over_r(self, pair_type, r) -> np.ndarray:
-        """f(r)/r in eV/Å², the factor that multiplies x_i − x_j (``invariants.scatter_pair_forces``)."""
-        return self.force(pair_type, r) / np.asarray(r, dtype=float)
-
     def table(self, r_grid) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """``{pair type: (u_ev, f_ev_per_angstrom)}`` on ``r_grid`` (Å), for tabulated kernels and LAMMPS tables."""
         r_grid = np.asarray(r_grid, dtype=float)
@@ -356,13 +381,28 @@ class ForceMatchResult:
     wall_time_s: float
 
 
-def _clamped_knots(r_lo: float, r_hi: float, spacing: float) -> np.ndarray:
+def clamped_knots(r_lo: float, r_hi: float, spacing: float) -> np.ndarray:
+    """Knots of a clamped cubic B-spline on [r_lo, r_hi] (Å), at least four intervals of at most ``spacing``."""
     n_intervals = max(4, math.ceil((r_hi - r_lo) / spacing))
     breaks = np.linspace(r_lo, r_hi, n_intervals + 1)
     return np.concatenate([[r_lo] * SPLINE_DEGREE, breaks, [r_hi] * SPLINE_DEGREE])
 
 
-def _design_blocks(pairs, n_atoms_total: int, knots: list, n_free: list) -> list[np.ndarray]:
+def pair_spline_knots(histogram: PairHistogram, cutoff_angstrom: float, knot_spacing_angstrom: float,
+                      error: type[MldError] = ForceMatchingError) -> tuple[list, list]:
+    """``(knots, n_free)`` per pair type: splines on [r_min, r_c], the last coefficient fixed by f(r_c) = 0.
+
+    A pair type never sampled below the cutoff has no r_min to start from, and raises ``error``.
+    """
+    unsampled = [n for n, r in zip(histogram.pair_types, histogram.r_min_angstrom) if not np.isfinite(r)]
+    if unsampled:
+        raise error(f"no {', '.join(unsampled)} pairs within {cutoff_angstrom:.3f} Å in the training frames")
+    knots = [clamped_knots(r0, cutoff_angstrom, knot_spacing_angstrom) for r0 in histogram.r_min_angstrom]
+    n_free = [len(k) - SPLINE_DEGREE - 2 for k in knots]  # last coefficient fixed: f(r_c) = 0
+    return knots, n_free
+
+
+def design_blocks(pairs, n_atoms_total: int, knots: list, n_free: list) -> list[np.ndarray]:
     """Per axis, the (n_atoms_total, Σ n_free) matrix mapping free coefficients to atom forces."""
     offsets = np.concatenate([[0], np.cumsum(n_free)])
     blocks = [np.zeros((n_atoms_total, offsets[-1])) for _ in range(3)]
@@ -384,7 +424,7 @@ def _design_blocks(pairs, n_atoms_total: int, knots: list, n_free: list) -> list
     return blocks
 
 
-def _second_difference_penalty(n_free: list) -> np.ndarray:
+def second_difference_penalty(n_free: list) -> np.ndarray:
     """Block-diagonal DᵀD of second differences of each pair type's coefficients (the fixed zero included)."""
     total = int(sum(n_free))
     penalty = np.zeros((total, total))
@@ -394,6 +434,112 @@ def _second_difference_penalty(n_free: list) -> np.ndarray:
         penalty[start : start + n, start : start + n] = d.T @ d
         start += n
     return penalty
+
+
+def pair_model_from_coefficients(species_names, cutoff_angstrom: float, r_min_angstrom: np.ndarray, knots: list,
+                                 n_free: list, coefficients: np.ndarray) -> TabulatedModel:
+    """The ``TabulatedModel`` whose free coefficients lead ``coefficients``, each type's fixed zero appended."""
+    names = pair_type_names(species_names)
+    offsets = np.concatenate([[0], np.cumsum(n_free)])
+    return TabulatedModel(
+        species=species_names,
+        pair_types=tuple(names),
+        cutoff_angstrom=float(cutoff_angstrom),
+        r_min_angstrom=np.array(r_min_angstrom, dtype=float),
+        knots=knots,
+        force_coefficients=[np.append(coefficients[offsets[t] : offsets[t + 1]], 0.0) for t in range(len(names))],
+    )
+
+
+# --- normal equations per fold, and blocked cross-validation ---------------------------------------
+
+
+@dataclass(frozen=True)
+class FoldNormalEquations:
+    """AᵀA, Aᵀy, yᵀy and the number of rows of each contiguous fold of the training frames."""
+
+    grams: np.ndarray  # (K, P, P)
+    rhss: np.ndarray  # (K, P)
+    sums_y2: np.ndarray  # (K,)
+    counts: np.ndarray  # (K,)
+
+    @property
+    def n_folds(self) -> int:
+        return len(self.counts)
+
+    @property
+    def gram(self) -> np.ndarray:
+        return self.grams.sum(axis=0)
+
+    @property
+    def rhs(self) -> np.ndarray:
+        return self.rhss.sum(axis=0)
+
+
+def fold_normal_equations(designs, forces: np.ndarray, n_train_frames: int, n_folds: int,
+                          n_columns: int) -> FoldNormalEquations:
+    """Normal equations of a linear force fit, summed chunk by chunk and per contiguous fold of the training frames.
+
+    ``designs`` yields ``(chunk, blocks)`` for consecutive chunks of the training frames in order, as
+    ``iter_pair_chunks`` does: ``chunk`` the frame indices into ``forces`` (F,N,3) and ``blocks[axis]``
+    the (len(chunk)·N, ``n_columns``) design matrix of that force component. ``n_folds`` is clipped to
+    [1, ``n_train_frames``].
+    """
+    n_atoms = forces.shape[1]
+    n_folds = max(1, min(n_folds, n_train_frames))
+    fold_of_position = np.arange(n_train_frames) * n_folds // n_train_frames
+    grams = np.zeros((n_folds, n_columns, n_columns))
+    rhss = np.zeros((n_folds, n_columns))
+    sums_y2 = np.zeros(n_folds)
+    counts = np.zeros(n_folds)
+    position = 0
+    for chunk, blocks in designs:
+        folds = fold_of_position[position : position + len(chunk)]
+        position += len(chunk)
+        target = forces[chunk]
+        # folds are contiguous in time, so each fold's frames are one slice of the chunk
+        for fold in np.unique(folds):
+            frames_in_fold = np.flatnonzero(folds == fold)
+            rows = slice(frames_in_fold[0] * n_atoms, (frames_in_fold[-1] + 1) * n_atoms)
+            a = np.concatenate([block[rows] for block in blocks])
+            y = np.concatenate([target[frames_in_fold, :, axis].ravel() for axis in range(3)])
+            grams[fold] += a.T @ a
+            rhss[fold] += a.T @ y
+            sums_y2[fold] += y @ y
+            counts[fold] += y.size
+    return FoldNormalEquations(grams, rhss, sums_y2, counts)
+
+
+class BlockedFit(NamedTuple):
+    coefficients: np.ndarray
+    smoothing: float
+    cross_validation_rmse: dict  # {smoothing: blocked-CV force RMSE in eV/Å}; empty when smoothing was given
+    train_rmse_ev_per_angstrom: float
+
+
+def solve_blocked(equations: FoldNormalEquations, solve, grid, smoothing: float | None = None,
+                  error: type[MldError] = ForceMatchingError) -> BlockedFit:
+    """Coefficients from ``solve(gram, rhs, smoothing)`` on all folds, the smoothing chosen by blocked CV.
+
+    ``smoothing=None`` takes the value of ``grid`` whose fits on all folds but one best predict the
+    held-out fold (squared errors summed over folds); that needs two folds, or ``error`` is raised.
+    """
+    gram, rhs = equations.gram, equations.rhs
+    cv_rmse = {}
+    if smoothing is None:
+        if equations.n_folds < 2:
+            raise error("choosing the smoothing by cross-validation needs at least two training frames")
+        for candidate in grid:
+            sq = 0.0
+            for fold in range(equations.n_folds):
+                c = solve(gram - equations.grams[fold], rhs - equations.rhss[fold], candidate)
+                sq += c @ equations.grams[fold] @ c - 2.0 * c @ equations.rhss[fold] + equations.sums_y2[fold]
+            cv_rmse[float(candidate)] = float(np.sqrt(max(sq, 0.0) / equations.counts.sum()))
+        smoothing = min(cv_rmse, key=cv_rmse.get)
+    coefficients = solve(gram, rhs, smoothing)
+    train_sq = coefficients @ gram @ coefficients - 2.0 * coefficients @ rhs + equations.sums_y2.sum()
+    return BlockedFit(coefficients, float(smoothing), cv_rmse,
+                      float(np.sqrt(max(train_sq, 0.0) / equations.counts.sum())))
 
 
 def _solve(gram: np.ndarray, rhs: np.ndarray, penalty: np.ndarray, smoothing: float) -> np.ndarray:
@@ -424,84 +570,30 @@ def fit_tabulated(
     over ``n_folds`` contiguous blocks of the training frames; validation frames are never touched.
     """
     started = time.perf_counter()
-    species = np.asarray(species).astype(str)
-    species_names = tuple(species_names) if species_names is not None else tuple(dict.fromkeys(species.tolist()))
-    names = pair_type_names(species_names)
-    check_arrays(positions, forces, cells, species, species_names)
-    train_frames = split_frames(positions.shape[0])[0] if train_frames is None else np.asarray(train_frames, np.int64)
-    if len(train_frames) == 0:
-        raise ForceMatchingError("force matching needs at least one training frame")
-    if cutoff_angstrom is None:
-        cutoff_angstrom = default_cutoff(cells[train_frames])
-    check_cutoff(cutoff_angstrom, cells[train_frames])
+    species, species_names, train_frames, cutoff_angstrom = prepare_training(
+        positions, forces, cells, species, species_names, train_frames, cutoff_angstrom)
     types = species_types(species, species_names)
     n_atoms = positions.shape[1]
 
     histogram = pair_histogram(positions, cells, species, species_names, cutoff_angstrom, train_frames,
                                chunk_frames=chunk_frames)
-    unsampled = [n for n, r in zip(names, histogram.r_min_angstrom) if not np.isfinite(r)]
-    if unsampled:
-        raise ForceMatchingError(f"no {', '.join(unsampled)} pairs within {cutoff_angstrom:.3f} Å in the training frames")
-    knots = [_clamped_knots(r0, cutoff_angstrom, knot_spacing_angstrom) for r0 in histogram.r_min_angstrom]
-    n_free = [len(k) - SPLINE_DEGREE - 2 for k in knots]  # last coefficient fixed: f(r_c) = 0
+    knots, n_free = pair_spline_knots(histogram, cutoff_angstrom, knot_spacing_angstrom)
 
     # normal equations per contiguous block of training frames, for blocked cross-validation
-    n_folds = max(1, min(n_folds, len(train_frames)))
-    fold_of_position = np.arange(len(train_frames)) * n_folds // len(train_frames)
-    n_total = int(sum(n_free))
-    grams = np.zeros((n_folds, n_total, n_total))
-    rhss = np.zeros((n_folds, n_total))
-    sums_y2 = np.zeros(n_folds)
-    counts = np.zeros(n_folds)
-    position = 0
-    for chunk, pairs in iter_pair_chunks(positions, cells, types, cutoff_angstrom, len(species_names),
-                                         train_frames, chunk_frames):
-        blocks = _design_blocks(pairs, len(chunk) * n_atoms, knots, n_free)
-        folds = fold_of_position[position : position + len(chunk)]
-        position += len(chunk)
-        target = forces[chunk]
-        # folds are contiguous in time, so each fold's frames are one slice of the chunk
-        for fold in np.unique(folds):
-            frames_in_fold = np.flatnonzero(folds == fold)
-            rows = slice(frames_in_fold[0] * n_atoms, (frames_in_fold[-1] + 1) * n_atoms)
-            a = np.concatenate([block[rows] for block in blocks])
-            y = np.concatenate([target[frames_in_fold, :, axis].ravel() for axis in range(3)])
-            grams[fold] += a.T @ a
-            rhss[fold] += a.T @ y
-            sums_y2[fold] += y @ y
-            counts[fold] += y.size
-
-    penalty = _second_difference_penalty(n_free)
-    gram, rhs = grams.sum(axis=0), rhss.sum(axis=0)
-    cv_rmse = {}
-    if smoothing is None:
-        if n_folds < 2:
-            raise ForceMatchingError("choosing the smoothing by cross-validation needs at least two training frames")
-        for candidate in SMOOTHING_GRID:
-            sq = 0.0
-            for fold in range(n_folds):
-                c = _solve(gram - grams[fold], rhs - rhss[fold], penalty, candidate)
-                sq += c @ grams[fold] @ c - 2.0 * c @ rhss[fold] + sums_y2[fold]
-            cv_rmse[float(candidate)] = float(np.sqrt(max(sq, 0.0) / counts.sum()))
-        smoothing = min(cv_rmse, key=cv_rmse.get)
-    coefficients = _solve(gram, rhs, penalty, smoothing)
-    train_sq = coefficients @ gram @ coefficients - 2.0 * coefficients @ rhs + sums_y2.sum()
-
-    offsets = np.concatenate([[0], np.cumsum(n_free)])
-    model = TabulatedModel(
-        species=species_names,
-        pair_types=tuple(names),
-        cutoff_angstrom=float(cutoff_angstrom),
-        r_min_angstrom=histogram.r_min_angstrom.copy(),
-        knots=knots,
-        force_coefficients=[np.append(coefficients[offsets[t] : offsets[t + 1]], 0.0) for t in range(len(names))],
-    )
+    designs = ((chunk, design_blocks(pairs, len(chunk) * n_atoms, knots, n_free))
+               for chunk, pairs in iter_pair_chunks(positions, cells, types, cutoff_angstrom, len(species_names),
+                                                    train_frames, chunk_frames))
+    equations = fold_normal_equations(designs, forces, len(train_frames), n_folds, int(sum(n_free)))
+    penalty = second_difference_penalty(n_free)
+    fit = solve_blocked(equations, lambda gram, rhs, weight: _solve(gram, rhs, penalty, weight), SMOOTHING_GRID,
+                        smoothing)
     return ForceMatchResult(
-        model=model,
+        model=pair_model_from_coefficients(species_names, cutoff_angstrom, histogram.r_min_angstrom, knots, n_free,
+                                           fit.coefficients),
         histogram=histogram,
-        smoothing=float(smoothing),
-        cross_validation_rmse=cv_rmse,
-        train_rmse_ev_per_angstrom=float(np.sqrt(max(train_sq, 0.0) / counts.sum())),
+        smoothing=fit.smoothing,
+        cross_validation_rmse=fit.cross_validation_rmse,
+        train_rmse_ev_per_angstrom=fit.train_rmse_ev_per_angstrom,
         train_frames=train_frames,
         wall_time_s=time.perf_counter() - started,
     )

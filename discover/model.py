@@ -53,6 +53,7 @@ from discover.force_matching import (
     CORE_LENGTH_ANGSTROM,
     CORE_STIFFNESS_EV_PER_ANGSTROM2,
     ForceMatchingError,
+    PairForceViews,
     TabulatedModel,
     repulsive_core,
 )
@@ -252,7 +253,7 @@ class PairLaw:
 
 
 @dataclass
-class Model:
+class Model(PairForceViews):
     """A model of per-species agent losses: pairs, closed-form or tabulated, and optionally triplets.
 
     ``expressions[name]`` is the raw law u(r) (before the cutoff shift) of each pair type;
@@ -395,16 +396,6 @@ class Model:
             if of_type.any():
                 u[of_type], f[of_type] = self.law(name).energy_and_force(r[of_type])
         return u, f
-
-    def energy(self, pair_type, r) -> np.ndarray:
-        return self.energy_and_force(pair_type, r)[0]
-
-    def force(self, pair_type, r) -> np.ndarray:
-        return self.energy_and_force(pair_type, r)[1]
-
-    def force_over_r(self, pair_type, r) -> np.ndarray:
-        """f(r)/r in eV/Å², the factor of x_i − x_j (``invariants.scatter_pair_forces``)."""
-        return self.force(pair_type, r) / np.asarray(r, dtype=float)
 
     # --- files --------------------------------------------------------------------------------
     def to_dict(self) -> dict:

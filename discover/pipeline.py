@@ -146,10 +146,12 @@ def discover_model(
         from discover import threebody
 
         enter("many-body")
-        tab_mb, closed_mb, rows_mb = clock.run("manybody", threebody.discover_manybody, dataset, train, valid,
-                                               closed, r3=threebody_cutoff_angstrom,
-                                               fit_frames=frames["manybody_fit_frames"],
-                                               refit_frames=frames["manybody_refit_frames"], log=say)
+        # trial constants of the nonlinear refit may overflow; such candidates are rejected, not reported
+        with np.errstate(all="ignore"):
+            tab_mb, closed_mb, rows_mb = clock.run("manybody", threebody.discover_manybody, dataset, train, valid,
+                                                   closed, r3=threebody_cutoff_angstrom,
+                                                   fit_frames=frames["manybody_fit_frames"],
+                                                   refit_frames=frames["manybody_refit_frames"], log=say)
         models.update(manybody=closed_mb, manybody_tabulated=tab_mb)
         rows.update(rows_mb)
 

@@ -423,7 +423,7 @@ class ManyBodyTabulatedFit:
 def _joint_penalty(gram: np.ndarray, n_pair_free: list, n_pair: int) -> np.ndarray:
     """Second differences of the pair coefficients and a ridge on the three-body ones, each scaled to its block."""
     penalty = np.zeros_like(gram)
-    pair_penalty = force_matching._second_difference_penalty(n_pair_free)
+    pair_penalty = force_matching.second_difference_penalty(n_pair_free)
     penalty[:n_pair, :n_pair] = pair_penalty * np.trace(gram[:n_pair, :n_pair]) / max(np.trace(pair_penalty), 1e-300)
     n_three = len(gram) - n_pair
     penalty[n_pair:, n_pair:] = np.eye(n_three) * np.trace(gram[n_pair:, n_pair:]) / max(n_three, 1)
@@ -460,17 +460,9 @@ def fit_manybody_tabulated(
     the three-body coefficients) is chosen by blocked cross-validation unless ``smoothing`` is given.
     """
     started = time.perf_counter()
-    species = np.asarray(species).astype(str)
-    species_names = tuple(species_names) if species_names is not None else tuple(dict.fromkeys(species.tolist()))
-    names = pair_type_names(species_names)
-    force_matching.check_arrays(positions, forces, cells, species, species_names)
-    train_frames = (force_matching.split_frames(positions.shape[0])[0] if train_frames is None
-                    else np.asarray(train_frames, np.int64))
-    if len(train_frames) == 0:
-        raise ThreeBodyError("many-body force matching needs at least one training frame")
-    if cutoff_angstrom is None:
-        cutoff_angstrom = force_matching.default_cutoff(cells[train_frames])
-    force_matching.check_cutoff(cutoff_angstrom, cells[train_frames])
+    species, species_names, train_frames, cutoff_angstrom = force_matching.prepare_training(
+        positions, forces, cells, species, species_names, train_frames, cutoff_angstrom,
+        fitter="many-body force matching", error=ThreeBodyError)
     if not 0.0 < threebody_cutoff_angstrom <= force_matching.default_cutoff(cells[train_frames], 0.0):
         raise ThreeBodyError(f"three-body cutoff {threebody_cutoff_angstrom:.3f} Å must be positive and within the "
                              "minimum-image limit of the cell")
@@ -479,12 +471,8 @@ def fit_manybody_tabulated(
     n_species = len(species_names)
 
     histogram = force_matching.pair_histogram(positions, cells, species, species_names, cutoff_angstrom, train_frames)
-    unsampled = [n for n, r in zip(names, histogram.r_min_angstrom) if not np.isfinite(r)]
-    if unsampled:
-        raise ThreeBodyError(f"no {', '.join(unsampled)} pairs within {cutoff_angstrom:.3f} Å in the training frames")
-    knots = [force_matching._clamped_knots(r0, cutoff_angstrom, knot_spacing_angstrom)
-             for r0 in histogram.r_min_angstrom]
-    n_pair_free = [len(k) - force_matching.SPLINE_DEGREE - 2 for k in knots]  # f(r_c) = 0
+    knots, n_pair_free = force_matching.pair_spline_knots(histogram, cutoff_angstrom, knot_spacing_angstrom,
+                                                          error=ThreeBodyError)
     n_pair = int(sum(n_pair_free))
     centres, width = default_basis(threebody_cutoff_angstrom, n_radial)
     n_triplet_types = len(triplet_type_names(species_names))
@@ -493,62 +481,32 @@ def fit_manybody_tabulated(
     maps = _parameter_maps(n_species, n_radial, legendre_degree)
     n_total = n_pair + sum(m.shape[1] for m in maps)
 
-    n_folds = max(1, min(n_folds, len(train_frames)))
-    fold_of_position = np.arange(len(train_frames)) * n_folds // len(train_frames)
-    grams = np.zeros((n_folds, n_total, n_total))
-    rhss = np.zeros((n_folds, n_total))
-    sums_y2 = np.zeros(n_folds)
-    counts = np.zeros(n_folds)
-    position = 0
-    for chunk, pairs in iter_pair_chunks(positions, cells, types, cutoff_angstrom, n_species, train_frames,
-                                         chunk_frames):
-        n_rows = len(chunk) * n_atoms
-        pair_blocks = force_matching._design_blocks(pairs, n_rows, knots, n_pair_free)
-        triplets = stack_triplet_tables(positions[chunk], cells[chunk], types, threebody_cutoff_angstrom, n_species)
-        three_blocks = _triplet_design(triplets, basis, maps, n_rows)
-        folds = fold_of_position[position:position + len(chunk)]
-        position += len(chunk)
-        for fold in np.unique(folds):
-            in_fold = np.flatnonzero(folds == fold)
-            rows = slice(in_fold[0] * n_atoms, (in_fold[-1] + 1) * n_atoms)
-            a = np.concatenate([np.hstack([p[rows], t[rows]]) for p, t in zip(pair_blocks, three_blocks)])
-            y = np.concatenate([forces[chunk][in_fold, :, axis].ravel() for axis in range(3)])
-            grams[fold] += a.T @ a
-            rhss[fold] += a.T @ y
-            sums_y2[fold] += y @ y
-            counts[fold] += y.size
+    def designs():
+        for chunk, pairs in iter_pair_chunks(positions, cells, types, cutoff_angstrom, n_species, train_frames,
+                                             chunk_frames):
+            n_rows = len(chunk) * n_atoms
+            pair_blocks = force_matching.design_blocks(pairs, n_rows, knots, n_pair_free)
+            triplets = stack_triplet_tables(positions[chunk], cells[chunk], types, threebody_cutoff_angstrom,
+                                            n_species)
+            three_blocks = _triplet_design(triplets, basis, maps, n_rows)
+            yield chunk, [np.hstack([p, t]) for p, t in zip(pair_blocks, three_blocks)]
 
-    gram, rhs = grams.sum(axis=0), rhss.sum(axis=0)
-    penalty = _joint_penalty(gram, n_pair_free, n_pair)
-    cv_rmse = {}
-    if smoothing is None:
-        if n_folds < 2:
-            raise ThreeBodyError("choosing the smoothing by cross-validation needs at least two training frames")
-        for candidate in RIDGE_GRID:
-            sq = 0.0
-            for fold in range(n_folds):
-                c = _joint_solve(gram - grams[fold], rhs - rhss[fold], penalty, candidate)
-                sq += c @ grams[fold] @ c - 2.0 * c @ rhss[fold] + sums_y2[fold]
-            cv_rmse[float(candidate)] = float(np.sqrt(max(sq, 0.0) / counts.sum()))
-        smoothing = min(cv_rmse, key=cv_rmse.get)
-    coefficients = _joint_solve(gram, rhs, penalty, smoothing)
-    train_sq = coefficients @ gram @ coefficients - 2.0 * coefficients @ rhs + sums_y2.sum()
-
-    offsets = np.concatenate([[0], np.cumsum(n_pair_free)])
-    pair = TabulatedModel(
-        species=species_names, pair_types=tuple(names), cutoff_angstrom=float(cutoff_angstrom),
-        r_min_angstrom=histogram.r_min_angstrom.copy(), knots=knots,
-        force_coefficients=[np.append(coefficients[offsets[t]:offsets[t + 1]], 0.0) for t in range(len(names))],
-    )
+    equations = force_matching.fold_normal_equations(designs(), forces, len(train_frames), n_folds, n_total)
+    penalty = _joint_penalty(equations.gram, n_pair_free, n_pair)
+    fit = force_matching.solve_blocked(equations, lambda gram, rhs, weight: _joint_solve(gram, rhs, penalty, weight),
+                                       RIDGE_GRID, smoothing, error=ThreeBodyError)
+    coefficients = fit.coefficients
+    pair = force_matching.pair_model_from_coefficients(species_names, cutoff_angstrom, histogram.r_min_angstrom,
+                                                       knots, n_pair_free, coefficients)
     full = np.zeros(shape)
     start = n_pair
     for t, mapping in enumerate(maps):
         full[t] = (mapping @ coefficients[start:start + mapping.shape[1]]).reshape(shape[1:])
         start += mapping.shape[1]
     threebody = ThreeBodyTable(species_names, threebody_cutoff_angstrom, centres, width, legendre_degree, full)
-    return ManyBodyTabulatedFit(pair=pair, threebody=threebody, smoothing=float(smoothing),
-                                cross_validation_rmse=cv_rmse,
-                                train_rmse_ev_per_angstrom=float(np.sqrt(max(train_sq, 0.0) / counts.sum())),
+    return ManyBodyTabulatedFit(pair=pair, threebody=threebody, smoothing=fit.smoothing,
+                                cross_validation_rmse=fit.cross_validation_rmse,
+                                train_rmse_ev_per_angstrom=fit.train_rmse_ev_per_angstrom,
                                 train_frames=train_frames, wall_time_s=time.perf_counter() - started)
 
 

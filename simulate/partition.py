@@ -1,23 +1,37 @@
-"""Neighbour lists: O(N) cell lists with a Verlet skin.
+"""Neighbour lists: O(N) cell lists with a Verlet skin, full or half.
 
 A Verlet list holds, for every atom i, the atoms j ≠ i closer than ``cutoff + skin`` when it was
 built (Verlet 1967, Phys. Rev. 159, 98). It stays exact until some atom has moved more than
 half the skin: then a pair can have closed from beyond ``cutoff + skin`` to inside ``cutoff``.
 The list is built in O(N) by binning atoms into cells no smaller than ``cutoff + skin`` and
-searching the 27 cells around each atom (Allen & Tildesley, *Computer Simulation of Liquids*,
+searching the cells around each atom (Allen & Tildesley, *Computer Simulation of Liquids*,
 §5.3.2).
 
-The list is *full* (both i→j and j→i are stored), padded to a fixed width per atom. Every
-thread then writes only its own atom's row here and its own atom's force in :mod:`simulate.energy`,
-so the parallel loops are race-free and, because each atom's sum runs in one fixed order, the
-results are the same bit for bit whatever the number of threads — which is what makes a resumed
-run identical to an unbroken one.
+Two kinds, both padded to a fixed width per atom:
+
+*full* (``half=False``)
+    both i→j and j→i are stored; the 27 cells around each atom are searched. Three-body terms
+    need it (every neighbour pair of a centre).
+*half* (``half=True``)
+    each pair is stored once, so a pair force is evaluated once and applied to both atoms
+    (Newton's third law): half the kernel calls. Atom i keeps the j in the 13 "forward" cells of
+    the 26 around its own and, in its own cell, those with j > i — the half stencil of LAMMPS
+    (Plimpton 1995, J. Comput. Phys. 117, 1) — so every row holds about half the neighbours.
+
+Every list also records the atoms in cell order (x-major) and where each x-layer of cells
+starts in it. A half-list force loop writes to atom i's layer and the next one only, so blocks of
+layers with a block between them never touch the same atom: :mod:`simulate.energy` runs even
+blocks in parallel, then odd ones, each block serially in a fixed order. Every atom's sums then run in
+the same order whatever the number of threads, and results are the same bit for bit — which is
+what makes a resumed run identical to an unbroken one.
 
 Displacements are taken by the minimum image at use, so positions never need wrapping and a pair
 is found in whichever image is nearest now. With fewer than three cells per side the 27 cells
 would repeat, so small boxes are searched by brute force over all pairs (still exact while the
 cutoff is at most half the box: the minimum-image distance moves by at most the skin between
-builds). A cutoff beyond half the box would need several images of one atom and is refused.
+builds); a half list there keeps pair (i, j), i < j, in row i when i + j is even, else in row j,
+which halves every row on average. A cutoff beyond half the box would need several images of one
+atom and is refused.
 """
 
 from __future__ import annotations
@@ -39,7 +53,11 @@ class BoxTooSmall(MldError, ValueError):
 
 
 class NeighborList(NamedTuple):
-    """A full Verlet list. Row i of ``neighbors`` holds ``counts[i]`` atom indices, then −1."""
+    """A Verlet list. Row i of ``neighbors`` holds ``counts[i]`` atom indices, then −1.
+
+    A half list is kept in cell order instead, for locality: its row p belongs to atom
+    ``order[p]`` and holds positions q in ``order`` (atom ``order[q]``).
+    """
 
     neighbors: np.ndarray  # (N, capacity) int32
     counts: np.ndarray  # (N,) int32
@@ -48,6 +66,9 @@ class NeighborList(NamedTuple):
     skin_angstrom: float
     box_angstrom: np.ndarray  # (3,)
     cells_per_side: tuple  # (nx, ny, nz); (1, 1, 1) means brute force
+    half: bool = False  # each pair once (True) or from both ends (False)
+    order: np.ndarray | None = None  # (N,) int64, the atoms in cell order (x-major)
+    layer_start: np.ndarray | None = None  # (nx + 1,) int64, where each x-layer starts in ``order``
 
 
 # --- binning -------------------------------------------------------------------------------------
@@ -55,7 +76,7 @@ class NeighborList(NamedTuple):
 
 @numba.njit(cache=True)
 def _bin_atoms(positions, box, n_cells):
-    """Counting sort of atoms into cells: (cell_start (C+1,), cell_atoms (N,)); stable in atom index."""
+    """Counting sort of atoms into cells: (cell_start (C+1,), cell_atoms (N,), cell_of (N,)); stable in atom index."""
     n = positions.shape[0]
     cell_of = np.empty(n, dtype=np.int64)
     counts = np.zeros(n_cells[0] * n_cells[1] * n_cells[2] + 1, dtype=np.int64)
@@ -78,65 +99,97 @@ def _bin_atoms(positions, box, n_cells):
     return cell_start, cell_atoms, cell_of
 
 
-def _build_cells(positions, box, n_cells, list_cutoff, capacity):
+# the 27 cell offsets, and the 13 "forward" ones of the half stencil (lexicographically after 0,0,0)
+_FULL_STENCIL = np.array([(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)], dtype=np.int64)
+_HALF_STENCIL = np.array([(0, 0, 0)] + [tuple(o) for o in _FULL_STENCIL if tuple(o) > (0, 0, 0)], dtype=np.int64)
+
+
+def _build_cells(positions, box, n_cells, list_cutoff, capacity, cell_start, cell_atoms, stencil, half):
+    """Rows of the list by cell search.
+
+    The search reads a cell-ordered copy of the positions wrapped into the box, so each cell's atoms
+    are contiguous in memory and the image of a neighbouring cell is one shift by a box length,
+    known per cell pair: no minimum image per candidate. With at least three cells per side (each
+    no smaller than the list cutoff), that image is the only one within the list cutoff.
+    """
     n = positions.shape[0]
     nx, ny, nz = n_cells[0], n_cells[1], n_cells[2]
-    cell_start, cell_atoms, cell_of = _bin_atoms(positions, box, n_cells)
-    neighbors = np.full((n, capacity), -1, dtype=np.int32)
-    counts = np.zeros(n, dtype=np.int32)
+    sx = np.empty(n)
+    sy = np.empty(n)
+    sz = np.empty(n)
+    for a in range(n):
+        i = cell_atoms[a]
+        sx[a] = positions[i, 0] - box[0] * math.floor(positions[i, 0] / box[0])
+        sy[a] = positions[i, 1] - box[1] * math.floor(positions[i, 1] / box[1])
+        sz[a] = positions[i, 2] - box[2] * math.floor(positions[i, 2] / box[2])
+    # np.empty, not np.full: in a parallel function an array expression is a parallel region of
+    # its own; rows are padded with −1 below instead
+    neighbors = np.empty((n, capacity), dtype=np.int32)
+    counts = np.empty(n, dtype=np.int32)
     rl2 = list_cutoff * list_cutoff
-    lx, ly, lz = box[0], box[1], box[2]
-    for i in prange(n):
-        cell = cell_of[i]
+    for cell in prange(nx * ny * nz):
         cx = cell // (ny * nz)
         cy = (cell // nz) % ny
         cz = cell % nz
-        xi, yi, zi = positions[i, 0], positions[i, 1], positions[i, 2]
-        m = 0
-        for ox in range(-1, 2):
-            for oy in range(-1, 2):
-                for oz in range(-1, 2):
-                    other = (((cx + ox) % nx) * ny + (cy + oy) % ny) * nz + (cz + oz) % nz
-                    for a in range(cell_start[other], cell_start[other + 1]):
-                        j = cell_atoms[a]
-                        if j == i:
-                            continue
-                        dx = xi - positions[j, 0]
-                        dy = yi - positions[j, 1]
-                        dz = zi - positions[j, 2]
-                        dx -= lx * np.rint(dx / lx)
-                        dy -= ly * np.rint(dy / ly)
-                        dz -= lz * np.rint(dz / lz)
-                        if dx * dx + dy * dy + dz * dz < rl2:
-                            if m < capacity:
-                                neighbors[i, m] = j
-                            m += 1
-        counts[i] = m
+        for p in range(cell_start[cell], cell_start[cell + 1]):
+            # a half list is kept in cell order: row p, entries a (see NeighborList)
+            row = p if half else cell_atoms[p]
+            xi, yi, zi = sx[p], sy[p], sz[p]
+            m = 0
+            for s in range(stencil.shape[0]):
+                ox, oy, oz = cx + stencil[s, 0], cy + stencil[s, 1], cz + stencil[s, 2]
+                # a neighbouring cell across an edge is seen through the image one box length away
+                kx, ky, kz = ox % nx, oy % ny, oz % nz
+                shift_x = box[0] * ((ox - kx) // nx)
+                shift_y = box[1] * ((oy - ky) // ny)
+                shift_z = box[2] * ((oz - kz) // nz)
+                other = (kx * ny + ky) * nz + kz
+                # own cell: every other atom (full), or only the later ones (half)
+                first = cell_start[other]
+                if other == cell and half:
+                    first = p + 1
+                for a in range(first, cell_start[other + 1]):
+                    dx = xi - sx[a] - shift_x
+                    dy = yi - sy[a] - shift_y
+                    dz = zi - sz[a] - shift_z
+                    if dx * dx + dy * dy + dz * dz < rl2 and a != p:
+                        if m < capacity:
+                            neighbors[row, m] = a if half else cell_atoms[a]
+                        m += 1
+            counts[row] = m
+            for k in range(m, capacity):
+                neighbors[row, k] = -1
     return neighbors, counts
 
 
-def _build_brute(positions, box, list_cutoff, capacity):
+def _build_brute(positions, box, list_cutoff, capacity, half):
     n = positions.shape[0]
-    neighbors = np.full((n, capacity), -1, dtype=np.int32)
-    counts = np.zeros(n, dtype=np.int32)
+    neighbors = np.empty((n, capacity), dtype=np.int32)
+    counts = np.empty(n, dtype=np.int32)
     rl2 = list_cutoff * list_cutoff
     lx, ly, lz = box[0], box[1], box[2]
+    ix, iy, iz = 1.0 / lx, 1.0 / ly, 1.0 / lz
     for i in prange(n):
         m = 0
         for j in range(n):
             if j == i:
                 continue
+            # half: pair (i, j), i < j, belongs to row i when i + j is even, else to row j
+            if half and (j > i) != ((i + j) % 2 == 0):
+                continue
             dx = positions[i, 0] - positions[j, 0]
             dy = positions[i, 1] - positions[j, 1]
             dz = positions[i, 2] - positions[j, 2]
-            dx -= lx * np.rint(dx / lx)
-            dy -= ly * np.rint(dy / ly)
-            dz -= lz * np.rint(dz / lz)
+            dx -= lx * np.rint(dx * ix)
+            dy -= ly * np.rint(dy * iy)
+            dz -= lz * np.rint(dz * iz)
             if dx * dx + dy * dy + dz * dz < rl2:
                 if m < capacity:
                     neighbors[i, m] = j
                 m += 1
         counts[i] = m
+        for k in range(m, capacity):
+            neighbors[i, k] = -1
     return neighbors, counts
 
 
@@ -189,9 +242,11 @@ def cells_per_side(box_angstrom: np.ndarray, list_cutoff_angstrom: float) -> tup
     return tuple(int(k) for k in n)
 
 
-def _initial_capacity(n_atoms: int, box: np.ndarray, list_cutoff: float) -> int:
+def _initial_capacity(n_atoms: int, box: np.ndarray, list_cutoff: float, half: bool) -> int:
     density = n_atoms / float(np.prod(box))
     expected = density * 4.0 / 3.0 * math.pi * list_cutoff**3
+    # a half row holds half the sphere on average, but its own-cell share varies with the index
+    expected *= 0.75 if half else 1.0
     return int(min(max(n_atoms - 1, 1), math.ceil(1.3 * expected) + 8))
 
 
@@ -201,8 +256,12 @@ def neighbor_list(
     cutoff_angstrom: float,
     skin_angstrom: float = 1.0,
     capacity: int | None = None,
+    half: bool = False,
 ) -> NeighborList:
-    """Build a full Verlet list of all pairs closer than ``cutoff + skin`` (Å) by the minimum image."""
+    """Build a Verlet list of all pairs closer than ``cutoff + skin`` (Å) by the minimum image.
+
+    ``half=False``: every pair from both ends; ``half=True``: every pair once (see the module notes).
+    """
     box = box_lengths(box)
     positions = np.ascontiguousarray(positions, dtype=float)
     if cutoff_angstrom > 0.5 * box.min() + 1e-12:
@@ -212,14 +271,26 @@ def neighbor_list(
         )
     list_cutoff = cutoff_angstrom + skin_angstrom
     n_cells = cells_per_side(box, list_cutoff)
+    n = len(positions)
     if capacity is None:
-        capacity = _initial_capacity(len(positions), box, list_cutoff)
-    parallel = use_parallel(len(positions))
+        capacity = _initial_capacity(n, box, list_cutoff, half)
+    parallel = use_parallel(n)
+    brute = n_cells == (1, 1, 1)
+    if brute:
+        order = np.arange(n, dtype=np.int64)
+        layer_start = np.array([0, n], dtype=np.int64)
+    else:
+        cells = np.array(n_cells, dtype=np.int64)
+        cell_start, order, _ = _bin_atoms(positions, box, cells)
+        layer_start = np.ascontiguousarray(cell_start[:: n_cells[1] * n_cells[2]])
+        stencil = _HALF_STENCIL if half else _FULL_STENCIL
     while True:
-        if n_cells == (1, 1, 1):
-            neighbors, counts = _BUILD_BRUTE[parallel](positions, box, list_cutoff, capacity)
+        if brute:
+            neighbors, counts = _BUILD_BRUTE[parallel](positions, box, list_cutoff, capacity, half)
         else:
-            neighbors, counts = _BUILD_CELLS[parallel](positions, box, np.array(n_cells, dtype=np.int64), list_cutoff, capacity)
+            neighbors, counts = _BUILD_CELLS[parallel](
+                positions, box, cells, list_cutoff, capacity, cell_start, order, stencil, half
+            )
         needed = int(counts.max()) if len(counts) else 0
         if needed <= capacity:
             break
@@ -232,6 +303,9 @@ def neighbor_list(
         skin_angstrom=float(skin_angstrom),
         box_angstrom=box,
         cells_per_side=n_cells,
+        half=bool(half),
+        order=order,
+        layer_start=layer_start,
     )
 
 
@@ -241,7 +315,7 @@ def needs_rebuild(neighbors: NeighborList, positions: np.ndarray) -> bool:
 
 
 def update(neighbors: NeighborList, positions: np.ndarray) -> NeighborList:
-    """The same list while it is still exact for ``positions``, else a fresh one (same width or wider)."""
+    """The same list while it is still exact for ``positions``, else a fresh one of the same kind (same width or wider)."""
     if not needs_rebuild(neighbors, positions):
         return neighbors
     return neighbor_list(
@@ -250,4 +324,5 @@ def update(neighbors: NeighborList, positions: np.ndarray) -> NeighborList:
         neighbors.cutoff_angstrom,
         neighbors.skin_angstrom,
         capacity=neighbors.neighbors.shape[1],
+        half=neighbors.half,
     )

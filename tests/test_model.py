@@ -9,7 +9,7 @@ import pytest
 import sympy
 
 from discover import symbolic
-from discover.force_matching import TabulatedModel, _clamped_knots, repulsive_core
+from discover.force_matching import TabulatedModel, clamped_knots, repulsive_core
 from discover.model import Model, ModelError, load_model, parse_expression
 from discover.symbolic import R
 
@@ -34,7 +34,7 @@ def smooth_tabulated() -> TabulatedModel:
     for r0, force in ((2.4, lambda r: 0.4 * np.exp(-((r - 2.8) ** 2) / 0.1) - 0.05),
                       (0.85, lambda r: 5.0 * np.exp(-3.0 * (r - 0.95)) - 1.0),
                       (1.4, lambda r: 0.3 * np.sin(3.0 * r))):
-        k = _clamped_knots(r0, CUTOFF, 0.1)
+        k = clamped_knots(r0, CUTOFF, 0.1)
         grid = np.linspace(r0, CUTOFF, 400)
         c = make_lsq_spline(grid, force(grid), k, 3).c
         c[-1] = 0.0  # f(r_c) = 0, as force matching fixes it
