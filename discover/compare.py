@@ -109,6 +109,10 @@ def compare_geometry(reference: Trajectory, learned: Trajectory) -> tuple[dict, 
     metrics["fraction_frames_with_broken_molecules"] = {
         k: float(np.mean(g.bad_oxygens > 0)) for k, g in geometries.items()
     }
+    n_oxygens = int(np.sum(np.asarray(reference.species) == "O"))
+    metrics["fraction_oxygens_not_water"] = {k: float(np.mean(g.bad_oxygens)) / n_oxygens for k, g in geometries.items()}
+    metrics["fraction_oxygens_not_water_last_frame"] = {
+        k: float(g.bad_oxygens[-1]) / n_oxygens for k, g in geometries.items()}
     return metrics, samples
 
 

@@ -144,7 +144,11 @@ def verdicts(run: dict) -> list[str]:
     lines.append(f"O–H bond: mean {_fmt(bond['learned_mean'])} Å vs CP2K {_fmt(bond['reference_mean'])} Å.")
     broken = run["geometry"]["fraction_frames_with_broken_molecules"]["learned"]
     if broken > 0:
-        lines.append(f"Molecules are not intact: in {100 * broken:.2g}% of frames an O holds other than two H.")
+        lines.append(
+            f"Molecules are not intact: in {100 * broken:.0f}% of frames some O holds other than two H (its nearest "
+            f"H); on average {100 * run['geometry']['fraction_oxygens_not_water']['learned']:.0f}% of the O are not "
+            f"water, {100 * run['geometry']['fraction_oxygens_not_water_last_frame']['learned']:.0f}% in the last "
+            "frame. CP2K keeps every molecule intact. Angles are taken over intact molecules only.")
     spectra = run["vdos"]
     lines.append(f"VDOS: stretch {_fmt(spectra['learned']['stretch_peak_cm'], 0)} vs "
                  f"{_fmt(spectra['reference']['stretch_peak_cm'], 0)} cm⁻¹, bend "
