@@ -23,7 +23,7 @@ from simulate.units import BOHR_PER_AU_TIME_TO_ANGSTROM_PER_FS, EV_PER_ANGSTROM_
 
 ROOT = Path(__file__).resolve().parents[1]
 MORSE_WATER = ROOT / "tests" / "kernel_examples" / "morse_water.py"
-CP2K_DIR = Path("/work/shared/cp2k/water32_300K")
+CP2K_DIR = ROOT / "tests" / "fixtures" / "water32_excerpt"  # the first frames, bytes unaltered
 DATASET = ROOT / "data" / "water32_300K.npz"
 WATER_BOX_ANGSTROM = 9.865406
 VENV_BIN = Path(os.sys.executable).parent
