@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from contextlib import nullcontext
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,17 +53,13 @@ def run_learned(kernels, dataset: Dataset, out_dir: Path, *, steps: int, nve_ste
         run_dir = out_dir / name
         if run_dir.exists():
             shutil.rmtree(run_dir)
-        callback, context = (None, None) if progress_factory is None else progress_factory(name, n_steps, dt_fs)
+        callback, context = (None, nullcontext()) if progress_factory is None else progress_factory(name, n_steps,
+                                                                                                     dt_fs)
         started = time.perf_counter()
-        if context is not None:
-            with context:
-                result = md.simulate(kernels, dataset.species, start[0], box, start[1], steps=n_steps, dt_fs=dt_fs,
-                                     temperature_k=temperature_k, thermostat=thermostat, out_dir=run_dir,
-                                     seed=seed, trajectory_every=FRAME_EVERY_STEPS, progress=callback)
-        else:
+        with context:
             result = md.simulate(kernels, dataset.species, start[0], box, start[1], steps=n_steps, dt_fs=dt_fs,
                                  temperature_k=temperature_k, thermostat=thermostat, out_dir=run_dir, seed=seed,
-                                 trajectory_every=FRAME_EVERY_STEPS)
+                                 trajectory_every=FRAME_EVERY_STEPS, progress=callback)
         wall = time.perf_counter() - started
         traj = read_trajectory(result.trajectory_path)
         runs[name] = {"result": result, "trajectory": traj, "thermo": pd.read_csv(result.thermo_path),
