@@ -39,8 +39,10 @@ BASELINE_STRIDE = 4
 # Frame budgets of the nonlinear stages. "quick" is for smoke tests and first looks: the same
 # pipeline on fewer frames, with figures that are noisier but of the same kind.
 BUDGETS = {
-    "full": {"refit_frames": 16, "refit_validation_frames": 48, "manybody_fit_frames": 200, "manybody_refit_frames": 8},
-    "quick": {"refit_frames": 4, "refit_validation_frames": 16, "manybody_fit_frames": 40, "manybody_refit_frames": 2},
+    "full": {"refit_frames": 16, "refit_validation_frames": 48, "manybody_fit_frames": 200, "manybody_refit_frames": 8,
+             "manybody_screen_steps": 4000},
+    "quick": {"refit_frames": 4, "refit_validation_frames": 16, "manybody_fit_frames": 40, "manybody_refit_frames": 2,
+              "manybody_screen_steps": 400},
 }
 
 
@@ -151,7 +153,8 @@ def discover_model(
             tab_mb, closed_mb, rows_mb = clock.run("manybody", threebody.discover_manybody, dataset, train, valid,
                                                    closed, r3=threebody_cutoff_angstrom,
                                                    fit_frames=frames["manybody_fit_frames"],
-                                                   refit_frames=frames["manybody_refit_frames"], log=say)
+                                                   refit_frames=frames["manybody_refit_frames"],
+                                                   screen_steps=frames["manybody_screen_steps"], log=say)
         models.update(manybody=closed_mb, manybody_tabulated=tab_mb)
         rows.update(rows_mb)
 

@@ -227,3 +227,42 @@ def test_generated_manybody_kernels_agree_with_model_and_simulator(water, manybo
     np.testing.assert_allclose(result.forces_ev_per_angstrom, forces, atol=1e-10)
     np.testing.assert_allclose(result.atom_loss_ev, loss, atol=1e-10)
     np.testing.assert_allclose(forces.sum(axis=0), 0.0, atol=1e-10)
+
+
+def water_pair_model(threebody_term=None) -> Model:
+    """The closed-form pair laws of water fitted to the shipped CP2K data (models/default/pairwise)."""
+    r = sympy.Symbol("r", positive=True)
+    expressions = {"OO": 107.755 / r**5.55017,
+                   "OH": -2.56297 * sympy.exp(-7.3799 * (r - 0.775804) ** 2) + 123.144 * sympy.exp(-4.46646 * r)
+                   - 6.28085 * sympy.exp(-1.20871 * r),
+                   "HH": 1.22404 / r**1.10274 + 0.0557404 * sympy.exp(-90.0255 * (r - 1.67601) ** 2)}
+    return Model.closed_form(expressions, SPECIES, 4.88, {"OO": 2.46, "OH": 0.9, "HH": 1.36},
+                             threebody=threebody_term)
+
+
+def test_md_screen_catches_a_threebody_law_that_rewards_a_third_hydrogen(water):
+    # w_HOH < 0 at bonded distances pays an O for every extra H–O–H triplet: H3O+ + OH− become favourable
+    a = sympy.nsimplify(R3)
+    bonded = (1 - (R1 / a) ** 2) ** 3 * (1 - (R2 / a) ** 2) ** 3 * sympy.exp(-4 * (R1 - 1) ** 2 - 4 * (R2 - 1) ** 2)
+    greedy = threebody.ThreeBodyLaws(SPECIES, R3, {"HOH": -1.5 * bonded})
+    box = np.diag(water.cell[0])
+    args = (water.positions[0], box, water.species, water.velocities[0])
+    assert threebody.broken_water_fraction(water_pair_model(), *args, steps=1000) == 0.0
+    assert threebody.broken_water_fraction(water_pair_model(greedy), *args, steps=1000) > 0.1
+
+
+def test_family_selection_skips_candidates_that_break_molecules():
+    def row(family, n, error, broken=None):
+        out = {"family": family, "n_parameters": n, "status": "ok", "validation_relative_all": error}
+        return out if broken is None else {**out, "md_broken_oxygen_fraction": broken}
+
+    unscreened = [row("sw", 34, 0.18), row("quadratic", 48, 0.105), row("cubic", 54, 0.100)]
+    assert threebody.select_family(unscreened, 0.03)["family"] == "cubic"  # quadratic is 5 % worse
+    assert threebody.select_family(unscreened, 0.06)["family"] == "quadratic"  # fewest constants in tolerance
+    screened = [row("sw", 34, 0.18, 0.0), row("quadratic", 48, 0.105, 0.0), row("cubic", 54, 0.100, 0.09)]
+    assert threebody.select_family(screened, 0.03)["family"] == "quadratic"
+    all_broken = [row("sw", 34, 0.18, 0.2), row("quadratic", 48, 0.105, 0.03), row("cubic", 54, 0.100, 0.09)]
+    assert threebody.select_family(all_broken, 0.03)["family"] == "quadratic"
+    failed = [{**row("cubic", 54, 0.1, 0.0), "status": "not finite"}]
+    with pytest.raises(threebody.ThreeBodyError):
+        threebody.select_family(failed)
