@@ -269,3 +269,22 @@ def test_pair_sources_refuse_a_manybody_model_unless_the_target_carries_it():
     assert pair_source(model, "ase").threebody_cutoff_angstrom == 3.2
     assert pair_source(MORSE_WATER.with_name("sw_triplet.py"), "c").threebody_cutoff_angstrom == 1.6
     assert pair_source(morse_water_model(), "lammps").threebody_cutoff_angstrom is None
+
+
+def test_mld_nve_follows_the_same_reference_velocity_verlet(kernels, frame):
+    """Closes the chain LAMMPS ≈ reference ≈ mld: the simulator's own NVE, cell lists and all, follows the
+    reference loop (with mld's unit constant) that the LAMMPS runs above are checked against."""
+    from simulate import energy, integrate
+
+    dt_fs, steps = 0.25, 200
+    types = frame.types(kernels.SPECIES)
+    masses = np.asarray(kernels.MASSES_AMU)[types]
+    xs, vs, _ = velocity_verlet(kernels.energy_forces, frame, types, masses, dt_fs, steps)
+    integrator = integrate.nve(energy.make_force_fn(kernels, types, frame.box_angstrom), dt_fs)
+    state = integrator.init(np.array(frame.positions_angstrom, dtype=float),
+                            np.array(frame.velocities_angstrom_per_fs, dtype=float), masses)
+    for _ in range(steps):
+        state = integrator.step(state)
+    # same arithmetic up to summation order: measured 1.3e-13 Å after 200 steps
+    assert np.abs(state.positions - xs[-1]).max() < 1e-6
+    assert np.abs(state.velocities - vs[-1]).max() < 1e-6
