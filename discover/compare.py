@@ -134,10 +134,10 @@ def compare_temperature(reference: Trajectory, learned: Trajectory) -> tuple[dic
     edges = np.linspace(150.0, 500.0, 71)
     metrics, samples = {}, {}
     for key, traj in (("reference", reference), ("learned", learned)):
-        dist = obs.temperature_distribution(traj.velocities, traj.masses, edges)
+        samples[key] = np.asarray(temperature_k(traj.velocities, traj.masses))
+        dist = obs.distribution(samples[key], edges)
         metrics[f"{key}_mean_k"] = dist.mean
         metrics[f"{key}_std_k"] = dist.std
-        samples[key] = np.asarray(temperature_k(traj.velocities, traj.masses))
     return metrics, samples
 
 

@@ -194,16 +194,19 @@ def discover_model(
     }
     if manybody:
         result["threebody_cutoff_angstrom"] = models["manybody"].threebody.cutoff_angstrom
-    write_text_atomic(out_dir / "metrics.json", json.dumps(result, indent=2, default=_json_number) + "\n")
+    write_text_atomic(out_dir / "metrics.json", json.dumps(result, indent=2, default=json_default) + "\n")
     return result
 
 
-def _json_number(value):
+def json_default(value):
+    """``json.dumps`` fallback for numpy scalars and arrays and paths; anything else is an error."""
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
     if isinstance(value, np.ndarray):
         return value.tolist()
-    return str(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def _write_model(model: Model, folder: Path) -> None:
@@ -244,13 +247,10 @@ def evaluate_model(model_path: str | Path, dataset_path: str | Path, frames=None
     missing = sorted(set(dataset.species) - set(model.species))
     if missing:
         raise MldError(f"{dataset_path}: species {', '.join(missing)} are not in the model {model_path}")
-    if dataset.cell.ndim == 3:
-        from simulate.space import max_minimum_image_cutoff
-
-        limit = min(max_minimum_image_cutoff(c) for c in dataset.cell)
-        if model.cutoff_angstrom > limit:
-            raise MldError(f"{dataset_path}: the cell allows a cutoff of {limit:.3f} Å, the model needs"
-                           f" {model.cutoff_angstrom:.3f} Å")
+    try:
+        force_matching.check_cutoff(model.cutoff_angstrom, dataset.cell)
+    except force_matching.ForceMatchingError as exc:
+        raise MldError(f"{dataset_path}: the model's {exc}") from None
     frames = np.arange(dataset.n_frames) if frames is None else np.asarray(frames)
     predicted = validation_forces(dataset, frames, model)
     errors = metrics.force_errors(predicted, dataset.forces[frames], dataset.species)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from contextlib import nullcontext
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -173,7 +173,7 @@ def compare_model(model_dir: str | Path, dataset_path: str | Path, out_dir: str 
                   steps: int | None = None, nve_steps: int = 2000, seed: int = 0, progress_factory=None,
                   log: Callable[[str], None] | None = None) -> dict:
     """Run the learned model(s) and compare with the CP2K dataset; write report.md, metrics.json, figures."""
-    from discover.pipeline import kernel_module_for
+    from discover.pipeline import json_default, kernel_module_for
 
     say = log or (lambda message: None)
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -234,7 +234,7 @@ def compare_model(model_dir: str | Path, dataset_path: str | Path, out_dir: str 
 
     say("figures")
     _figures(figures, curves, predicted, dataset, valid, model_dir)
-    write_text_atomic(out_dir / "metrics.json", json.dumps(m, indent=2, default=_json_default) + "\n")
+    write_text_atomic(out_dir / "metrics.json", json.dumps(m, indent=2, default=json_default) + "\n")
     write_text_atomic(out_dir / "report.md", report_markdown(m, model_dir))
     return m
 
@@ -270,16 +270,6 @@ def _figures(figures: Path, curves: dict, predicted: dict, dataset: Dataset, val
     for name in ("pair_laws.png", "pareto.png"):
         if (model_dir / "figures" / name).is_file():
             shutil.copyfile(model_dir / "figures" / name, figures / name)
-
-
-def _json_default(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def _force_table(errors: dict) -> list[str]:
