@@ -277,6 +277,15 @@ ThreebodyCutoff = Annotated[float, typer.Option(help="Three-body cutoff r_3 in Ã
 Budget = Annotated[str, typer.Option(help="full, or quick (fewer frames in the nonlinear fits: a smoke test).")]
 Manybody = Annotated[bool, typer.Option(help="Also learn many-body (three-body) agent losses.")]
 SearchBudget = Annotated[float, typer.Option(help="Seconds of symbolic search per pair type.")]
+Topology = Annotated[str, typer.Option(help="atomic (one law per species pair: molecules emerge), or molecular "
+                                            "(intra- and intermolecular laws on molecules assigned on the first "
+                                            "frame; a dissociation is an error; pairwise only).")]
+
+
+def _molecular(topology: str) -> bool:
+    if topology not in ("atomic", "molecular"):
+        raise MldError(f"--topology {topology!r}: choose atomic or molecular")
+    return topology == "molecular"
 
 
 def stage_progress():
@@ -311,16 +320,18 @@ def discover_command(
     manybody: Manybody = True,
     threebody_cutoff: ThreebodyCutoff = 3.2,
     budget: Budget = "full",
+    topology: Topology = "atomic",
 ):
     """Learn H_O and H_H from a dataset's forces: tables, closed forms, equations, Numba kernels, metrics."""
     from discover.pipeline import discover_model
 
+    molecular = _molecular(topology)
     progress, enter, log = stage_progress()
     with progress:
         result = discover_model(dataset, out, engine=engine, cutoff_angstrom=cutoff, seed=seed,
                                 search_budget_s=search_budget, validation_fraction=validation_fraction,
                                 manybody=manybody, threebody_cutoff_angstrom=threebody_cutoff or None, budget=budget,
-                                log=log, stage=enter)
+                                molecular=molecular, log=log, stage=enter)
         enter("done")
     _print_model_table(result)
     print(f"wrote {out}/: model.json, kernels.py, equations.md, pareto.csv, metrics.json"
@@ -514,6 +525,7 @@ def run_command(
     manybody: Manybody = True,
     threebody_cutoff: ThreebodyCutoff = 3.2,
     budget: Budget = "full",
+    topology: Topology = "atomic",
     length_factor: LengthFactor = 10.0,
     steps: MdSteps = None,
     nve_steps: NveSteps = 2000,
@@ -525,11 +537,13 @@ def run_command(
     from discover.report import compare_model
 
     started = time.perf_counter()
+    molecular = _molecular(topology)
     progress, enter, log = stage_progress()
     with progress:
         result = discover_model(dataset, models, engine=engine, cutoff_angstrom=cutoff, seed=seed,
                                 search_budget_s=search_budget, manybody=manybody,
-                                threebody_cutoff_angstrom=threebody_cutoff or None, budget=budget, log=log, stage=enter)
+                                threebody_cutoff_angstrom=threebody_cutoff or None, budget=budget,
+                                molecular=molecular, log=log, stage=enter)
         enter("done")
     _print_model_table(result)
     metrics = compare_model(models, dataset, out, length_factor=length_factor, steps=steps, nve_steps=nve_steps,

@@ -29,7 +29,8 @@ from sympy.printing.pycode import PythonCodePrinter
 
 from discover import symbolic, threebody
 from discover.force_matching import SPLINE_DEGREE
-from discover.model import Model
+from discover.invariants import is_intramolecular, pair_type_names, species_of_pair, species_pair_of
+from discover.model import Model, ModelError
 from simulate.fileio import write_text_atomic
 
 
@@ -74,6 +75,8 @@ def _header(model: Model) -> list[str]:
         "",
         "Follows the interface of simulate.kernels. Energies in eV, distances in Å.",
         "Pair types: " + ", ".join(model.pair_types) + f". Cutoff {model.cutoff_angstrom!r} Å, shifted force.",
+        *(["Molecular topology: the *_intra laws act between atoms of one molecule, at any distance."]
+          if model.is_molecular else []),
         *( [f"Source: {source}"] if source else [] ),
         '"""',
         "",
@@ -90,18 +93,27 @@ def _header(model: Model) -> list[str]:
     ]
 
 
+def _beyond_lines(model: Model, name: str) -> list[str]:
+    """The first branch of a pair kernel: zero beyond the cutoff, or a bonded law's outer wall beyond r_max."""
+    if name not in model.r_max_angstrom:
+        return [f"    if r >= {model.cutoff_angstrom!r}:", "        return 0.0, 0.0"]
+    return [f"    if r >= {model.r_max_angstrom[name]!r}:",
+            *_energy_and_derivative_lines(model.outer_expression(name), "        "),
+            "        return u, -du / r"]
+
+
 def _closed_form_kernel(model: Model, t: int, name: str) -> list[str]:
-    rc = model.cutoff_angstrom
     r0 = model.r_min_angstrom[name]
-    body = model.shifted_expression(name)
+    body = model.body_expression(name)
     core = model.core_expression(name)
+    where = f"law up to r_max {model.r_max_angstrom[name]!r} Å, outer wall beyond" if name in model.r_max_angstrom \
+        else "law below the cutoff"
     lines = [
         "",
         "@numba.njit(cache=False)",
         f"def pair_{name}(r):",
-        f'    """u_{name}(r) in eV and -u\'(r)/r in eV/Å²: wall below {r0!r} Å, law below the cutoff."""',
-        f"    if r >= {rc!r}:",
-        "        return 0.0, 0.0",
+        f'    """u_{name}(r) in eV and -u\'(r)/r in eV/Å²: wall below {r0!r} Å, {where}."""',
+        *_beyond_lines(model, name),
         f"    if r < {r0!r}:",
         *_energy_and_derivative_lines(core, "        "),
         "        return u, -du / r",
@@ -143,12 +155,11 @@ def _array_literal(values: np.ndarray) -> str:
 
 def _tabulated_kernel(model: Model, t: int, name: str) -> list[str]:
     tab = model.tabulated
-    rc = model.cutoff_angstrom
     r0 = model.r_min_angstrom[name]
     force = BSpline(tab.knots[t], tab.force_coefficients[t], SPLINE_DEGREE)
     antiderivative = force.antiderivative()
-    # u(r) = ∫_r^{r_c} f = F(r_c) − F(r) with F the antiderivative of f, as TabulatedModel defines it
-    f_of_rc = float(antiderivative(rc))
+    # u(r) = ∫_r^{r_end} f = F(r_end) − F(r) with F the antiderivative of f, as TabulatedModel defines it
+    f_of_rc = float(antiderivative(tab.r_end(t)))
     core = model.core_expression(name)
     return [
         "",
@@ -160,9 +171,8 @@ def _tabulated_kernel(model: Model, t: int, name: str) -> list[str]:
         "",
         "@numba.njit(cache=False)",
         f"def pair_{name}(r):",
-        f'    """u_{name}(r) in eV and f(r)/r in eV/Å²: wall below {r0!r} Å, B-spline table below the cutoff."""',
-        f"    if r >= {rc!r}:",
-        "        return 0.0, 0.0",
+        f'    """u_{name}(r) in eV and f(r)/r in eV/Å²: wall below {r0!r} Å, then the B-spline table."""',
+        *_beyond_lines(model, name),
         f"    if r < {r0!r}:",
         *_energy_and_derivative_lines(core, "        "),
         "        return u, -du / r",
@@ -173,21 +183,44 @@ def _tabulated_kernel(model: Model, t: int, name: str) -> list[str]:
     ]
 
 
-def _dispatch(model: Model) -> list[str]:
+def _dispatch(model: Model, intramolecular: bool = False) -> list[str]:
+    """``pair_energy_force`` over the species-pair laws, or ``intra_pair_energy_force`` over the bonded ones."""
+    base = pair_type_names(model.species)
+    function, what = (("intra_pair_energy_force", "intramolecular (bonded) pair") if intramolecular
+                      else ("pair_energy_force", "unordered pair"))
     lines = [
         "",
         "@numba.njit(cache=False)",
-        "def pair_energy_force(type_i, type_j, r):",
-        '    """(u in eV, f/r in eV/Å²) of the unordered pair (type_i, type_j) at distance r (Å)."""',
+        f"def {function}(type_i, type_j, r):",
+        f'    """(u in eV, f/r in eV/Å²) of the {what} (type_i, type_j) at distance r (Å)."""',
         "    a = min(type_i, type_j)",
         "    b = max(type_i, type_j)",
         "    index = a * N_SPECIES - a * (a - 1) // 2 + (b - a)",
     ]
-    for t, name in enumerate(model.pair_types):
-        keyword = "if" if t == 0 else "elif"
-        lines += [f"    {keyword} index == {t}:", f"        return pair_{name}(r)"]
+    laws = ([(base.index(species_pair_of(n)), n) for n in model.pair_types if is_intramolecular(n)] if intramolecular
+            else list(enumerate(base)))
+    for k, (index, name) in enumerate(laws):
+        keyword = "if" if k == 0 else "elif"
+        lines += [f"    {keyword} index == {index}:", f"        return pair_{name}(r)"]
     lines += ["    return 0.0, 0.0", ""]
     return lines
+
+
+def _topology_lines(model: Model) -> list[str]:
+    """Module constants of a molecular model: bond cutoffs and which species pairs have a bonded law."""
+    n = len(model.species)
+    bonds = model.bond_cutoff_matrix()
+    has_law = np.zeros((n, n), dtype=bool)
+    for name in model.r_max_angstrom:
+        a, b = (model.species.index(x) for x in species_of_pair(species_pair_of(name), model.species))
+        has_law[a, b] = has_law[b, a] = True
+
+    def rows(matrix, fmt):
+        return "(" + ", ".join("(" + ", ".join(fmt(v) for v in row) + ",)" for row in matrix) + ",)"
+
+    return ['TOPOLOGY = "molecular"',
+            f"BOND_CUTOFF_ANGSTROM = {rows(bonds, lambda v: repr(float(v)))}",
+            f"INTRA_PAIR_TYPES = {rows(has_law, lambda v: repr(bool(v)))}", ""]
 
 
 _ENERGY_FORCES = '''
@@ -326,6 +359,45 @@ def _triplet_dispatch(model: Model) -> list[str]:
     return lines
 
 
+_MOLECULAR_ENERGY_FORCES = '''
+
+@numba.njit(cache=False)
+def energy_forces(positions, types, box, molecules):
+    """O(N²) minimum-image reference of a molecular model: atoms of one molecule (``molecules[i]``, an
+    integer per atom) interact by the bonded law at any distance, all other pairs by the pair law below
+    the cutoff. Returns (energy eV, forces (N,3) eV/Å, per-atom loss H_k (N,) eV)."""
+    n = positions.shape[0]
+    forces = np.zeros((n, 3))
+    loss = np.zeros(n)
+    energy = 0.0
+    for i in range(n):
+        for j in range(i + 1, n):
+            dx = positions[i, 0] - positions[j, 0]
+            dy = positions[i, 1] - positions[j, 1]
+            dz = positions[i, 2] - positions[j, 2]
+            dx -= box[0] * round(dx / box[0])
+            dy -= box[1] * round(dy / box[1])
+            dz -= box[2] * round(dz / box[2])
+            r = math.sqrt(dx * dx + dy * dy + dz * dz)
+            if molecules[i] == molecules[j]:
+                e, f = intra_pair_energy_force(types[i], types[j], r)
+            elif r < CUTOFF_ANGSTROM:
+                e, f = pair_energy_force(types[i], types[j], r)
+            else:
+                continue
+            energy += e
+            loss[i] += e
+            loss[j] += e
+            forces[i, 0] += f * dx
+            forces[i, 1] += f * dy
+            forces[i, 2] += f * dz
+            forces[j, 0] -= f * dx
+            forces[j, 1] -= f * dy
+            forces[j, 2] -= f * dz
+    return energy, forces, loss
+'''
+
+
 _TRIPLET_ENERGY_FORCES = '''
 
 @numba.njit(cache=False)
@@ -380,6 +452,10 @@ def kernel_source(model: Model) -> str:
     """The text of ``kernels.py`` for ``model``."""
     lines = _header(model)
     term = model.threebody
+    if model.is_molecular:
+        if term is not None:
+            raise ModelError("a molecular model with three-body terms has no kernel generator yet")
+        lines += _topology_lines(model)
     if term is not None:
         lines += [f"THREEBODY_CUTOFF_ANGSTROM = {term.cutoff_angstrom!r}",
                   "TRIPLET_TYPES = (" + ", ".join(repr(n) for n in term.triplet_types) + ",)", ""]
@@ -388,6 +464,10 @@ def kernel_source(model: Model) -> str:
     for t, name in enumerate(model.pair_types):
         lines += (_closed_form_kernel if model.kind == "closed_form" else _tabulated_kernel)(model, t, name)
     lines += _dispatch(model)
+    if model.is_molecular:
+        lines += _dispatch(model, intramolecular=True)
+        lines.append(_MOLECULAR_ENERGY_FORCES)
+        return "\n".join(lines)
     if term is None:
         lines.append(_ENERGY_FORCES)
         return "\n".join(lines)

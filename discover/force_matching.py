@@ -15,6 +15,10 @@ sampled distances; its weight is chosen by blocked cross-validation inside the t
 Below the smallest sampled distance r_min of each pair type the data say nothing, and a free
 extrapolation can turn attractive and collapse the liquid; there the model continues with the
 C¹ repulsive wall of ``repulsive_core``.
+
+A molecular model (``typing``, see ``invariants.PairTyping``) adds intramolecular laws such as
+``OH_intra``. They are bonded: fitted on the sampled range [r_min, r_max] only, with no cutoff, and
+continued beyond r_max by ``outer_wall``, the mirror image of the core, which pulls the pair back.
 """
 
 from __future__ import annotations
@@ -28,7 +32,14 @@ import numpy as np
 from scipy import sparse
 from scipy.interpolate import BSpline
 
-from discover.invariants import iter_pair_chunks, pair_type_names, species_types
+from discover.invariants import (
+    PairTyping,
+    is_intramolecular,
+    iter_pair_chunks,
+    pair_type_names,
+    species_pair_of,
+    species_types,
+)
 from simulate.errors import MldError
 from simulate.space import max_minimum_image_cutoff
 
@@ -161,6 +172,16 @@ def repulsive_core(
     return u, -force
 
 
+def outer_wall(r, r1, u1, du1, stiffness=CORE_STIFFNESS_EV_PER_ANGSTROM2, length=CORE_LENGTH_ANGSTROM):
+    """Energy and derivative of a bonded pair beyond its sampled range r ≥ r1: ``repulsive_core`` mirrored.
+
+    u(r) = core(2 r1 − r) with the core joined to (u1, −du1): C¹ at r1, and the energy rises ever
+    faster as the pair stretches, so a bond the data never saw broken cannot break in a simulation.
+    """
+    u, du = repulsive_core(2.0 * r1 - r, r1, u1, -du1, stiffness, length)
+    return u, -du
+
+
 # --- pair histograms --------------------------------------------------------------------
 
 
@@ -173,6 +194,7 @@ class PairHistogram:
     counts: np.ndarray  # (T, B) int
     r_min_angstrom: np.ndarray  # (T,) smallest sampled distance per pair type
     n_frames: int
+    r_max_angstrom: np.ndarray | None = None  # (T,) largest sampled distance per pair type
 
     @property
     def centres_angstrom(self) -> np.ndarray:
@@ -188,16 +210,22 @@ def pair_histogram(
     frames=None,
     bin_angstrom: float = HISTOGRAM_BIN_ANGSTROM,
     chunk_frames: int = 64,
+    typing: PairTyping | None = None,
 ) -> PairHistogram:
-    """Histogram of pair distances r < cutoff per pair type, and the smallest distance of each type."""
-    names = pair_type_names(species_names)
+    """Histogram of pair distances r < cutoff per pair type, and the smallest and largest distance of each.
+
+    Intramolecular pairs of a molecular ``typing`` beyond the cutoff count in the last bin.
+    """
+    names = pair_type_names(species_names) if typing is None else list(typing.pair_types)
     types = species_types(species, species_names)
     n_bins = max(1, math.ceil(cutoff / bin_angstrom))
     edges = np.linspace(0.0, n_bins * bin_angstrom, n_bins + 1)
     counts = np.zeros((len(names), n_bins), dtype=np.int64)
     r_min = np.full(len(names), np.inf)
+    r_max = np.full(len(names), -np.inf)
     n_frames = 0
-    for chunk, pairs in iter_pair_chunks(positions, cells, types, cutoff, len(species_names), frames, chunk_frames):
+    for chunk, pairs in iter_pair_chunks(positions, cells, types, cutoff, len(species_names), frames, chunk_frames,
+                                         typing):
         n_frames += len(chunk)
         bins = np.minimum((pairs.r / bin_angstrom).astype(np.int64), n_bins - 1)
         counts += np.bincount(pairs.pair_type * n_bins + bins, minlength=len(names) * n_bins).reshape(len(names), -1)
@@ -205,7 +233,8 @@ def pair_histogram(
             r_t = pairs.r[pairs.pair_type == t]
             if r_t.size:
                 r_min[t] = min(r_min[t], float(r_t.min()))
-    return PairHistogram(tuple(names), edges, counts, r_min, n_frames)
+                r_max[t] = max(r_max[t], float(r_t.max()))
+    return PairHistogram(tuple(names), edges, counts, r_min, n_frames, r_max)
 
 
 # --- the tabulated model ------------------------------------------------------------------
@@ -232,6 +261,9 @@ class TabulatedModel(PairForceViews):
     f(r_c) = 0 exactly (the last spline coefficient is fixed at zero), and u(r) = ∫_r^{r_c} f, so
     both energy and force vanish continuously at the cutoff. Plain arrays throughout; ``to_dict``
     and ``from_dict`` give a JSON-ready form.
+
+    An intramolecular type (``OH_intra``) is bonded: its spline spans [r_min, r_max], the sampled
+    range (its last knot), u(r) = ∫_r^{r_max} f, and ``outer_wall`` continues it beyond r_max.
     """
 
     species: tuple[str, ...]
@@ -253,6 +285,7 @@ class TabulatedModel(PairForceViews):
         self.knots = [np.asarray(k, dtype=float) for k in self.knots]
         self.force_coefficients = [np.asarray(c, dtype=float) for c in self.force_coefficients]
         n_types = len(self.pair_types)
+        self.bonded = np.array([is_intramolecular(n) for n in self.pair_types], dtype=bool)
         if not (len(self.knots) == len(self.force_coefficients) == len(self.r_min_angstrom) == n_types):
             raise ForceMatchingError("tabulated model: one knot vector, coefficient vector and r_min per pair type")
         self._force_splines = [
@@ -266,8 +299,12 @@ class TabulatedModel(PairForceViews):
 
     @property
     def n_parameters(self) -> int:
-        """Free coefficients (the last of each type is fixed at zero by f(r_c) = 0)."""
-        return int(sum(len(c) - 1 for c in self.force_coefficients))
+        """Free coefficients (the last of each non-bonded type is fixed at zero by f(r_c) = 0)."""
+        return int(sum(len(c) - (0 if b else 1) for c, b in zip(self.force_coefficients, self.bonded)))
+
+    def r_end(self, t: int) -> float:
+        """Where the table of type t ends: the cutoff, or r_max of a bonded type."""
+        return float(self.knots[t][-1]) if self.bonded[t] else self.cutoff_angstrom
 
     def pair_type_of(self, species_a: str, species_b: str) -> int:
         for name in (species_a + species_b, species_b + species_a):
@@ -286,7 +323,12 @@ class TabulatedModel(PairForceViews):
 
     def _table_energy(self, t: int, r):
         anti = self._antiderivatives[t]
-        return anti(self.cutoff_angstrom) - anti(r)
+        return anti(self.r_end(t)) - anti(r)
+
+    def outer_join(self, t: int) -> tuple[float, float, float]:
+        """``(r_max, u, du/dr)`` of bonded type t at r_max, where ``outer_wall`` takes over."""
+        r1 = self.r_end(t)
+        return r1, float(self._table_energy(t, r1)), -float(self._force_splines[t](r1))
 
     def energy_and_force(self, pair_type, r) -> tuple[np.ndarray, np.ndarray]:
         """u(r) in eV and f(r) = −du/dr in eV/Å, vectorised over broadcastable ``pair_type`` and ``r``."""
@@ -295,8 +337,15 @@ class TabulatedModel(PairForceViews):
         f = np.zeros(r.shape)
         for t in range(len(self.pair_types)):
             of_type = pair_type == t
-            table = of_type & (r >= self.r_min_angstrom[t]) & (r < self.cutoff_angstrom)
+            table = of_type & (r >= self.r_min_angstrom[t]) & (r < self.r_end(t))
             core = of_type & (r < self.r_min_angstrom[t])
+            if self.bonded[t]:
+                outer = of_type & (r >= self.r_end(t))
+                if outer.any():
+                    r1, u1, du1 = self.outer_join(t)
+                    u[outer], du_outer = outer_wall(r[outer], r1, u1, du1, self.core_stiffness,
+                                                    self.core_length_angstrom)
+                    f[outer] = -du_outer
             if table.any():
                 u[table] = self._table_energy(t, r[table])
                 f[table] = self._force_splines[t](r[table])
@@ -318,6 +367,7 @@ class TabulatedModel(PairForceViews):
             "species": list(self.species),
             "cutoff_angstrom": float(self.cutoff_angstrom),
             "spline_degree": SPLINE_DEGREE,
+            "pair_types": list(self.pair_types),
             "core": {"stiffness_ev_per_angstrom2": float(self.core_stiffness),
                      "length_angstrom": float(self.core_length_angstrom)},
             "pairs": {
@@ -338,7 +388,7 @@ class TabulatedModel(PairForceViews):
             if int(data.get("spline_degree", SPLINE_DEGREE)) != SPLINE_DEGREE:
                 raise ForceMatchingError(f"{label}: only cubic splines are supported")
             species = tuple(data["species"])
-            names = pair_type_names(species)
+            names = checked_pair_types(data.get("pair_types"), species, label)
             pairs = data["pairs"]
             missing = [n for n in names if n not in pairs]
             if missing:
@@ -367,6 +417,19 @@ class TabulatedModel(PairForceViews):
             raise ForceMatchingError(f"{label}: malformed ({type(exc).__name__}: {exc})") from None
 
 
+def checked_pair_types(names, species, label: str) -> list[str]:
+    """The pair types of a model file: absent, every species pair; else those plus intramolecular ones."""
+    base = pair_type_names(species)
+    if names is None:
+        return base
+    if (not isinstance(names, list) or names[: len(base)] != base
+            or any(not isinstance(n, str) or not is_intramolecular(n) or species_pair_of(n) not in base
+                   for n in names[len(base):]) or len(set(names)) != len(names)):
+        raise ForceMatchingError(f"{label}: pair_types: expected {', '.join(base)} then intramolecular types "
+                                 "such as OH_intra")
+    return list(names)
+
+
 # --- the fit ------------------------------------------------------------------------------
 
 
@@ -390,15 +453,20 @@ def clamped_knots(r_lo: float, r_hi: float, spacing: float) -> np.ndarray:
 
 def pair_spline_knots(histogram: PairHistogram, cutoff_angstrom: float, knot_spacing_angstrom: float,
                       error: type[MldError] = ForceMatchingError) -> tuple[list, list]:
-    """``(knots, n_free)`` per pair type: splines on [r_min, r_c], the last coefficient fixed by f(r_c) = 0.
+    """``(knots, n_free)`` per pair type: splines on [r_min, r_c], the last coefficient fixed by f(r_c) = 0;
+    for a bonded (intramolecular) type on [r_min, r_max], every coefficient free.
 
     A pair type never sampled below the cutoff has no r_min to start from, and raises ``error``.
     """
     unsampled = [n for n, r in zip(histogram.pair_types, histogram.r_min_angstrom) if not np.isfinite(r)]
     if unsampled:
         raise error(f"no {', '.join(unsampled)} pairs within {cutoff_angstrom:.3f} Å in the training frames")
-    knots = [clamped_knots(r0, cutoff_angstrom, knot_spacing_angstrom) for r0 in histogram.r_min_angstrom]
-    n_free = [len(k) - SPLINE_DEGREE - 2 for k in knots]  # last coefficient fixed: f(r_c) = 0
+    knots, n_free = [], []
+    for t, (name, r0) in enumerate(zip(histogram.pair_types, histogram.r_min_angstrom)):
+        bonded = is_intramolecular(name)
+        knots.append(clamped_knots(r0, histogram.r_max_angstrom[t] if bonded else cutoff_angstrom,
+                                   knot_spacing_angstrom))
+        n_free.append(len(knots[-1]) - SPLINE_DEGREE - (1 if bonded else 2))  # non-bonded: f(r_c) = 0 fixed
     return knots, n_free
 
 
@@ -424,30 +492,36 @@ def design_blocks(pairs, n_atoms_total: int, knots: list, n_free: list) -> list[
     return blocks
 
 
-def second_difference_penalty(n_free: list) -> np.ndarray:
-    """Block-diagonal DᵀD of second differences of each pair type's coefficients (the fixed zero included)."""
+def second_difference_penalty(n_free: list, fixed_zero=None) -> np.ndarray:
+    """Block-diagonal DᵀD of second differences of each pair type's coefficients (the fixed zero included).
+
+    ``fixed_zero[t]`` (default: all true) says whether type t has a last coefficient fixed at zero.
+    """
     total = int(sum(n_free))
     penalty = np.zeros((total, total))
     start = 0
-    for n in n_free:
-        d = np.diff(np.eye(n + 1), n=2, axis=0)[:, :n]  # last column (fixed at 0) dropped
+    fixed_zero = [True] * len(n_free) if fixed_zero is None else fixed_zero
+    for n, fixed in zip(n_free, fixed_zero):
+        d = np.diff(np.eye(n + int(fixed)), n=2, axis=0)[:, :n]  # a fixed last column (0) dropped
         penalty[start : start + n, start : start + n] = d.T @ d
         start += n
     return penalty
 
 
 def pair_model_from_coefficients(species_names, cutoff_angstrom: float, r_min_angstrom: np.ndarray, knots: list,
-                                 n_free: list, coefficients: np.ndarray) -> TabulatedModel:
-    """The ``TabulatedModel`` whose free coefficients lead ``coefficients``, each type's fixed zero appended."""
-    names = pair_type_names(species_names)
+                                 n_free: list, coefficients: np.ndarray, pair_types=None) -> TabulatedModel:
+    """The ``TabulatedModel`` whose free coefficients lead ``coefficients``, each non-bonded type's fixed zero
+    appended. ``pair_types`` defaults to every species pair."""
+    names = pair_type_names(species_names) if pair_types is None else list(pair_types)
     offsets = np.concatenate([[0], np.cumsum(n_free)])
+    tail = [np.zeros(0) if is_intramolecular(n) else np.zeros(1) for n in names]
     return TabulatedModel(
         species=species_names,
         pair_types=tuple(names),
         cutoff_angstrom=float(cutoff_angstrom),
         r_min_angstrom=np.array(r_min_angstrom, dtype=float),
         knots=knots,
-        force_coefficients=[np.append(coefficients[offsets[t] : offsets[t + 1]], 0.0) for t in range(len(names))],
+        force_coefficients=[np.append(coefficients[offsets[t] : offsets[t + 1]], tail[t]) for t in range(len(names))],
     )
 
 
@@ -561,8 +635,11 @@ def fit_tabulated(
     smoothing: float | None = None,
     n_folds: int = 4,
     chunk_frames: int = 64,
+    typing: PairTyping | None = None,
 ) -> ForceMatchResult:
     """Fit tabulated pair forces to per-atom forces on ``train_frames``.
+
+    With a molecular ``typing`` the pair types are its intermolecular and intramolecular laws.
 
     ``train_frames=None`` means the training part of ``split_frames``, never the validation block.
     ``positions``, ``forces`` (F,N,3) in Å and eV/Å, ``cells`` (F,3,3), ``species`` (N,).
@@ -576,20 +653,20 @@ def fit_tabulated(
     n_atoms = positions.shape[1]
 
     histogram = pair_histogram(positions, cells, species, species_names, cutoff_angstrom, train_frames,
-                               chunk_frames=chunk_frames)
+                               chunk_frames=chunk_frames, typing=typing)
     knots, n_free = pair_spline_knots(histogram, cutoff_angstrom, knot_spacing_angstrom)
 
     # normal equations per contiguous block of training frames, for blocked cross-validation
     designs = ((chunk, design_blocks(pairs, len(chunk) * n_atoms, knots, n_free))
                for chunk, pairs in iter_pair_chunks(positions, cells, types, cutoff_angstrom, len(species_names),
-                                                    train_frames, chunk_frames))
+                                                    train_frames, chunk_frames, typing))
     equations = fold_normal_equations(designs, forces, len(train_frames), n_folds, int(sum(n_free)))
-    penalty = second_difference_penalty(n_free)
+    penalty = second_difference_penalty(n_free, [not is_intramolecular(n) for n in histogram.pair_types])
     fit = solve_blocked(equations, lambda gram, rhs, weight: _solve(gram, rhs, penalty, weight), SMOOTHING_GRID,
                         smoothing)
     return ForceMatchResult(
         model=pair_model_from_coefficients(species_names, cutoff_angstrom, histogram.r_min_angstrom, knots, n_free,
-                                           fit.coefficients),
+                                           fit.coefficients, histogram.pair_types),
         histogram=histogram,
         smoothing=fit.smoothing,
         cross_validation_rmse=fit.cross_validation_rmse,

@@ -55,11 +55,13 @@ def pair_model_forces(
     force_over_r,
     frames=None,
     chunk_frames: int = 64,
+    typing=None,
 ) -> np.ndarray:
     """Forces (len(frames), N, 3) in eV/Å of a pair model on dataset frames.
 
     ``force_over_r(pair_type, r)`` is any vectorised function returning f(r)/r in eV/Å² for integer
-    pair types indexing ``invariants.pair_type_names(species_names)`` and distances r < cutoff.
+    pair types indexing ``invariants.pair_type_names(species_names)`` (or the pair types of a molecular
+    ``typing``, ``invariants.PairTyping``) and distances r < cutoff.
     """
     species = np.asarray(species).astype(str)
     species_names = tuple(species_names)
@@ -69,7 +71,8 @@ def pair_model_forces(
     n_atoms = positions.shape[1]
     out = np.zeros((len(frames), n_atoms, 3))
     done = 0
-    for chunk, pairs in iter_pair_chunks(positions, cells, types, cutoff_angstrom, n_species, frames, chunk_frames):
+    for chunk, pairs in iter_pair_chunks(positions, cells, types, cutoff_angstrom, n_species, frames, chunk_frames,
+                                         typing):
         values = np.asarray(force_over_r(pairs.pair_type, pairs.r), dtype=float)
         out[done : done + len(chunk)] = scatter_pair_forces(pairs, values, len(chunk) * n_atoms).reshape(-1, n_atoms, 3)
         done += len(chunk)

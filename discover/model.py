@@ -18,11 +18,19 @@ Schema (version 1)::
         "kind": "closed_form", "cutoff_angstrom": 3.2,
         "triplet_types": {"HOH": {"expression": "1.2*exp(0.5/(r1 - 3.2))*exp(0.5/(r2 - 3.2))*(c + 0.25)**2"}}
       } | {"kind": "gaussian_legendre", ...}, # or the tabulated term: threebody.ThreeBodyTable.to_dict()
+      "topology": {                        # optional: a molecular model (see simulate.topology)
+        "kind": "molecular", "bond_cutoff_angstrom": {"OH": 1.26}
+      },
       "provenance": {...}                  # free-form JSON: dataset, engine, seed, version, figures
     }
 
 A closed-form pair energy is u(r) − u(r_c) − (r − r_c) u'(r_c) for r_min ≤ r < r_c (shifted force),
 zero beyond r_c, and the C¹ wall of ``force_matching.repulsive_core`` below r_min.
+
+A molecular model has, after the species pairs (its intermolecular laws), intramolecular laws such as
+``OH_intra`` with an ``r_max_angstrom``: bonded laws, u(r) itself on [r_min, r_max] (no cutoff, no
+shift), the wall below r_min and ``force_matching.outer_wall`` beyond r_max. Atoms closer than the
+bond cutoff of their species pair are bonded, and a molecule is a connected group of bonded atoms.
 
 A many-body model adds a three-body term w(r1, r2, c) per triplet type ``BAC`` (centre A, neighbours
 B ≤ C): a law of ``r1``, ``r2`` and ``c`` = cos θ in the same safe grammar, which must vanish smoothly at
@@ -55,9 +63,11 @@ from discover.force_matching import (
     ForceMatchingError,
     PairForceViews,
     TabulatedModel,
+    checked_pair_types,
+    outer_wall,
     repulsive_core,
 )
-from discover.invariants import pair_type_names
+from discover.invariants import is_intramolecular, pair_type_names, species_of_pair, species_pair_of
 from simulate.errors import MldError
 from simulate.fileio import write_text_atomic
 
@@ -200,42 +210,73 @@ def parse_expression(text, where: str = "expression", variables=("r",)) -> sympy
 
 @dataclass
 class PairLaw:
-    """u(r) used as the simulator uses it: wall below r_min, shifted-force law up to r_c, zero beyond."""
+    """u(r) used as the simulator uses it: wall below r_min, shifted-force law up to r_c, zero beyond.
+
+    A bonded law (``r_max_angstrom`` set) is u(r) itself on [r_min, r_max], with the outer wall beyond.
+    """
 
     expression: sympy.Expr  # the raw law u(r), eV
     r_min_angstrom: float
     cutoff_angstrom: float
     stiffness_ev_per_angstrom2: float = CORE_STIFFNESS_EV_PER_ANGSTROM2
     core_length_angstrom: float = CORE_LENGTH_ANGSTROM
+    r_max_angstrom: float | None = None  # bonded laws only
     _numeric: tuple | None = field(init=False, repr=False, compare=False, default=None)
 
-    def shifted(self) -> sympy.Expr:
-        """u_sf(r) for r_min ≤ r < r_c."""
-        return symbolic.shifted_force(self.expression, self.cutoff_angstrom)
+    @property
+    def bonded(self) -> bool:
+        return self.r_max_angstrom is not None
+
+    @property
+    def r_end(self) -> float:
+        """Where the body ends: the cutoff, or r_max of a bonded law."""
+        return self.r_max_angstrom if self.bonded else self.cutoff_angstrom
+
+    def body(self) -> sympy.Expr:
+        """u(r) for r_min ≤ r < r_end: the shifted-force law, or the bonded law as it is."""
+        return self.expression if self.bonded else symbolic.shifted_force(self.expression, self.cutoff_angstrom)
+
+    def _value_and_slope(self, r0: float) -> tuple[float, float]:
+        body = self.body()
+        return symbolic.value_at(body, r0), symbolic.value_at(sympy.diff(body, symbolic.R), r0)
 
     def join(self) -> tuple[float, float]:
-        """(u, du/dr) of the shifted law at r_min, where the wall takes over."""
-        u_sf = self.shifted()
-        r0 = self.r_min_angstrom
-        return symbolic.value_at(u_sf, r0), symbolic.value_at(sympy.diff(u_sf, symbolic.R), r0)
+        """(u, du/dr) of the body at r_min, where the wall takes over."""
+        return self._value_and_slope(self.r_min_angstrom)
+
+    def outer_join(self) -> tuple[float, float]:
+        """(u, du/dr) of a bonded law at r_max, where the outer wall takes over."""
+        return self._value_and_slope(self.r_max_angstrom)
 
     def core(self) -> sympy.Expr:
         u0, du0 = self.join()
         return symbolic.core_expression(self.r_min_angstrom, u0, du0, self.stiffness_ev_per_angstrom2,
                                         self.core_length_angstrom)
 
+    def outer(self) -> sympy.Expr:
+        """u(r) of a bonded law beyond r_max (``force_matching.outer_wall``) as a sympy expression."""
+        u1, du1 = self.outer_join()
+        return symbolic.outer_wall_expression(self.r_max_angstrom, u1, du1, self.stiffness_ev_per_angstrom2,
+                                              self.core_length_angstrom)
+
     def energy_and_force(self, r) -> tuple[np.ndarray, np.ndarray]:
         """u(r) in eV and f(r) = −du/dr in eV/Å on an array of distances."""
         if self._numeric is None:
-            u_sf = self.shifted()
+            u_sf = self.body()
             function = sympy.lambdify(symbolic.R, [u_sf, sympy.diff(u_sf, symbolic.R)], modules="numpy")
-            self._numeric = (function, self.join())
-        function, (u0, du0) = self._numeric
+            self._numeric = (function, self.join(), self.outer_join() if self.bonded else None)
+        function, (u0, du0), outer_join = self._numeric
         r = np.asarray(r, dtype=float)
         u = np.zeros(r.shape)
         f = np.zeros(r.shape)
-        body = (r >= self.r_min_angstrom) & (r < self.cutoff_angstrom)
+        body = (r >= self.r_min_angstrom) & (r < self.r_end)
         core = r < self.r_min_angstrom
+        if self.bonded:
+            outer = r >= self.r_end
+            if outer.any():
+                u[outer], du_outer = outer_wall(r[outer], self.r_max_angstrom, *outer_join,
+                                                self.stiffness_ev_per_angstrom2, self.core_length_angstrom)
+                f[outer] = -du_outer
         if body.any():
             with np.errstate(all="ignore"):
                 u_body, du_body = function(r[body])
@@ -271,6 +312,8 @@ class Model(PairForceViews):
     tabulated: TabulatedModel | None = None
     provenance: dict = field(default_factory=dict)
     threebody: threebody.ThreeBodyLaws | threebody.ThreeBodyTable | None = None  # many-body models only
+    r_max_angstrom: dict = field(default_factory=dict)  # {intramolecular pair name: Å}: molecular models only
+    bond_cutoff_angstrom: dict | None = None  # {species pair name: Å}: set for a molecular model
     _numeric: dict = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self):
@@ -292,6 +335,13 @@ class Model(PairForceViews):
             raise ModelError("tabulated model: the tables are missing")
         if self.threebody is not None and tuple(self.threebody.species) != self.species:
             raise ModelError("model: the three-body term's species differ from the model's")
+        if self.r_max_angstrom and not self.is_molecular:
+            raise ModelError("model: intramolecular laws need a molecular topology (bond cutoffs)")
+        if self.is_molecular:
+            base = pair_type_names(self.species)
+            unknown = [n for n in self.bond_cutoff_angstrom if n not in base]
+            if unknown:
+                raise ModelError(f"model: bond cutoff for unknown species pair(s) {', '.join(unknown)}")
         self.core = {n: {"stiffness_ev_per_angstrom2": float(self.core.get(n, {}).get(
                             "stiffness_ev_per_angstrom2", CORE_STIFFNESS_EV_PER_ANGSTROM2)),
                          "length_angstrom": float(self.core.get(n, {}).get("length_angstrom", CORE_LENGTH_ANGSTROM))}
@@ -301,17 +351,19 @@ class Model(PairForceViews):
     @classmethod
     def closed_form(cls, expressions: dict, species, cutoff_angstrom: float, r_min_angstrom: dict,
                     masses_amu=None, core: dict | None = None, provenance: dict | None = None,
-                    threebody=None) -> Model:
+                    threebody=None, r_max_angstrom: dict | None = None,
+                    bond_cutoff_angstrom: dict | None = None) -> Model:
         from simulate.units import masses_amu as standard_masses
 
         masses = tuple(standard_masses(species)) if masses_amu is None else tuple(masses_amu)
         return cls(kind="closed_form", species=tuple(species), masses_amu=masses, cutoff_angstrom=cutoff_angstrom,
                    r_min_angstrom=dict(r_min_angstrom), core=dict(core or {}), expressions=dict(expressions),
-                   provenance=dict(provenance or {}), threebody=threebody)
+                   provenance=dict(provenance or {}), threebody=threebody, r_max_angstrom=dict(r_max_angstrom or {}),
+                   bond_cutoff_angstrom=bond_cutoff_angstrom)
 
     @classmethod
     def from_tabulated(cls, tabulated: TabulatedModel, masses_amu=None, provenance: dict | None = None,
-                       threebody=None) -> Model:
+                       threebody=None, bond_cutoff_angstrom: dict | None = None) -> Model:
         from simulate.units import masses_amu as standard_masses
 
         masses = tuple(standard_masses(tabulated.species)) if masses_amu is None else tuple(masses_amu)
@@ -320,16 +372,31 @@ class Model(PairForceViews):
         return cls(kind="tabulated", species=tabulated.species, masses_amu=masses,
                    cutoff_angstrom=tabulated.cutoff_angstrom,
                    r_min_angstrom={n: float(r) for n, r in zip(tabulated.pair_types, tabulated.r_min_angstrom)},
-                   core=core, tabulated=tabulated, provenance=dict(provenance or {}), threebody=threebody)
+                   core=core, tabulated=tabulated, provenance=dict(provenance or {}), threebody=threebody,
+                   r_max_angstrom={n: tabulated.r_end(t) for t, n in enumerate(tabulated.pair_types)
+                                   if tabulated.bonded[t]},
+                   bond_cutoff_angstrom=bond_cutoff_angstrom)
 
     @property
     def is_many_body(self) -> bool:
         return self.threebody is not None
 
+    @property
+    def is_molecular(self) -> bool:
+        return self.bond_cutoff_angstrom is not None
+
     # --- names -----------------------------------------------------------------------------
     @property
     def pair_types(self) -> tuple[str, ...]:
-        return tuple(pair_type_names(self.species))
+        """The species pairs (the intermolecular laws of a molecular model), then its intramolecular laws."""
+        base = pair_type_names(self.species)
+        intra = sorted(self.r_max_angstrom, key=lambda n: base.index(species_pair_of(n)))
+        return tuple(base + intra)
+
+    # --- molecules (molecular models) ----------------------------------------------------------
+    def bond_cutoff_matrix(self) -> np.ndarray:
+        """(S, S) bond cutoffs in Å between species (0: never bonded)."""
+        return bond_matrix(self.bond_cutoff_angstrom or {}, self.species)
 
     def pair_name(self, species_a: str, species_b: str) -> str:
         for name in (species_a + species_b, species_b + species_a):
@@ -344,12 +411,13 @@ class Model(PairForceViews):
         if name not in self._numeric:
             core = self.core[name]
             self._numeric[name] = PairLaw(self.expressions[name], self.r_min_angstrom[name], self.cutoff_angstrom,
-                                          core["stiffness_ev_per_angstrom2"], core["length_angstrom"])
+                                          core["stiffness_ev_per_angstrom2"], core["length_angstrom"],
+                                          self.r_max_angstrom.get(name))
         return self._numeric[name]
 
-    def shifted_expression(self, name: str) -> sympy.Expr:
-        """u_sf(r) for r_min ≤ r < r_c."""
-        return self.law(name).shifted()
+    def body_expression(self, name: str) -> sympy.Expr:
+        """u(r) for r_min ≤ r < r_c (shifted force), or r_min ≤ r < r_max for a bonded law."""
+        return self.law(name).body()
 
     def core_join(self, name: str) -> tuple[float, float]:
         """(u, du/dr) of the shifted law (or the table) at r_min, where the wall takes over."""
@@ -366,6 +434,16 @@ class Model(PairForceViews):
         return symbolic.core_expression(self.r_min_angstrom[name], u0, du0,
                                         core["stiffness_ev_per_angstrom2"], core["length_angstrom"])
 
+    def outer_expression(self, name: str) -> sympy.Expr:
+        """u(r) of a bonded law beyond r_max as a sympy expression (the outer wall, joined C¹ at r_max)."""
+        if self.kind == "tabulated":
+            t = self.pair_types.index(name)
+            r1, u1, du1 = self.tabulated.outer_join(t)
+            core = self.core[name]
+            return symbolic.outer_wall_expression(r1, u1, du1, core["stiffness_ev_per_angstrom2"],
+                                                  core["length_angstrom"])
+        return self.law(name).outer()
+
     def pair_expressions(self) -> dict[str, sympy.Expr]:
         """``{pair name: Piecewise u(r)}``: wall, shifted law, zero beyond r_c; the full pair energy in eV."""
         self._require_closed_form()
@@ -373,8 +451,8 @@ class Model(PairForceViews):
         return {
             name: sympy.Piecewise(
                 (self.core_expression(name), r < self.r_min_angstrom[name]),
-                (self.shifted_expression(name), r < self.cutoff_angstrom),
-                (sympy.Integer(0), True),
+                (self.body_expression(name), r < self.law(name).r_end),
+                (self.outer_expression(name) if name in self.r_max_angstrom else sympy.Integer(0), True),
             )
             for name in self.pair_types
         }
@@ -412,6 +490,8 @@ class Model(PairForceViews):
         }
         for name in self.pair_types:
             entry = {"r_min_angstrom": float(self.r_min_angstrom[name]), "core": dict(self.core[name])}
+            if name in self.r_max_angstrom:
+                entry["r_max_angstrom"] = float(self.r_max_angstrom[name])
             if self.kind == "closed_form":
                 entry = {"expression": symbolic.to_text(self.expressions[name]), **entry}
             data["pair_types"][name] = entry
@@ -419,6 +499,9 @@ class Model(PairForceViews):
             data["tabulated"] = self.tabulated.to_dict()
         if self.threebody is not None:
             data["threebody"] = self.threebody.to_dict()
+        if self.is_molecular:
+            data["topology"] = {"kind": "molecular",
+                                "bond_cutoff_angstrom": {n: float(c) for n, c in self.bond_cutoff_angstrom.items()}}
         return data
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -466,21 +549,31 @@ def _model_from_dict(data, label: str) -> Model:
     if data.get("cutoff_treatment") != CUTOFF_TREATMENT:
         raise ModelError(f"{label}: cutoff_treatment: only {CUTOFF_TREATMENT!r} is supported")
     pairs = data.get("pair_types")
+    bond_cutoffs = _topology_from_dict(data.get("topology"), f"{label}: topology", species)
     names = pair_type_names(species)
+    if bond_cutoffs is not None and isinstance(pairs, dict):
+        try:
+            names = checked_pair_types(list(pairs), species, f"{label}")
+        except ForceMatchingError as exc:
+            raise ModelError(str(exc)) from None
     if not isinstance(pairs, dict) or sorted(pairs) != sorted(names):
         raise ModelError(f"{label}: pair_types: expected exactly {', '.join(names)}")
     provenance = data.get("provenance", {})
     if not isinstance(provenance, dict):
         raise ModelError(f"{label}: provenance: expected a JSON object")
 
-    r_min, core, expressions = {}, {}, {}
+    r_min, r_max, core, expressions = {}, {}, {}, {}
     for name in names:
         entry = pairs[name]
         where = f"{label}: pair_types.{name}"
         if not isinstance(entry, dict):
             raise ModelError(f"{where}: expected a JSON object")
         r_min[name] = _number(entry.get("r_min_angstrom"), f"{where}.r_min_angstrom")
-        if r_min[name] >= cutoff:
+        if is_intramolecular(name):
+            r_max[name] = _number(entry.get("r_max_angstrom"), f"{where}.r_max_angstrom")
+            if r_min[name] >= r_max[name]:
+                raise ModelError(f"{where}.r_max_angstrom: {r_max[name]} is not above r_min {r_min[name]}")
+        elif r_min[name] >= cutoff:
             raise ModelError(f"{where}.r_min_angstrom: {r_min[name]} is not below the cutoff {cutoff}")
         entry_core = entry.get("core", {})
         if not isinstance(entry_core, dict):
@@ -499,7 +592,7 @@ def _model_from_dict(data, label: str) -> Model:
     if kind == "closed_form":
         model = Model(kind=kind, species=tuple(species), masses_amu=tuple(masses), cutoff_angstrom=cutoff,
                       r_min_angstrom=r_min, core=core, expressions=expressions, provenance=provenance,
-                      threebody=term)
+                      threebody=term, r_max_angstrom=r_max, bond_cutoff_angstrom=bond_cutoffs)
         for name in names:  # the law must be finite where it is used
             _check_finite_join(model, name, label)
         return model
@@ -511,10 +604,38 @@ def _model_from_dict(data, label: str) -> Model:
         tabulated = TabulatedModel.from_dict(table, label=f"{label}: tabulated")
     except ForceMatchingError as exc:
         raise ModelError(str(exc)) from None
-    if list(tabulated.species) != species or abs(tabulated.cutoff_angstrom - cutoff) > 1e-12:
-        raise ModelError(f"{label}: tabulated: species or cutoff differ from the model's")
+    if (list(tabulated.species) != species or abs(tabulated.cutoff_angstrom - cutoff) > 1e-12
+            or list(tabulated.pair_types) != list(names)):
+        raise ModelError(f"{label}: tabulated: species, pair types or cutoff differ from the model's")
     return Model(kind=kind, species=tuple(species), masses_amu=tuple(masses), cutoff_angstrom=cutoff,
-                 r_min_angstrom=r_min, core=core, tabulated=tabulated, provenance=provenance, threebody=term)
+                 r_min_angstrom=r_min, core=core, tabulated=tabulated, provenance=provenance, threebody=term,
+                 r_max_angstrom=r_max, bond_cutoff_angstrom=bond_cutoffs)
+
+
+def bond_matrix(bond_cutoffs: dict, species) -> np.ndarray:
+    """(S, S) matrix of bond cutoffs in Å from ``{species pair: Å}`` (absent pairs: 0, never bonded)."""
+    species = tuple(species)
+    matrix = np.zeros((len(species), len(species)))
+    for name, cutoff in bond_cutoffs.items():
+        a, b = (species.index(x) for x in species_of_pair(name, species))
+        matrix[a, b] = matrix[b, a] = float(cutoff)
+    return matrix
+
+
+def _topology_from_dict(data, where: str, species: list) -> dict | None:
+    """The bond cutoffs of a molecular model ({species pair: Å}), or None for the atomic topology."""
+    if data is None:
+        return None
+    if not isinstance(data, dict) or data.get("kind") != "molecular":
+        raise ModelError(f"{where}.kind: expected 'molecular'")
+    cutoffs = data.get("bond_cutoff_angstrom")
+    if not isinstance(cutoffs, dict) or not cutoffs:
+        raise ModelError(f"{where}.bond_cutoff_angstrom: expected a JSON object of species pair: length in Å")
+    base = pair_type_names(species)
+    for name in cutoffs:
+        if name not in base:
+            raise ModelError(f"{where}.bond_cutoff_angstrom: {name!r} is not one of {', '.join(base)}")
+    return {n: _number(c, f"{where}.bond_cutoff_angstrom.{n}") for n, c in cutoffs.items()}
 
 
 def _threebody_from_dict(data, where: str, species: tuple):

@@ -73,14 +73,15 @@ def _subset(pairs: PairTable, keep: np.ndarray) -> PairTable:
                      pair_type=pairs.pair_type[keep])
 
 
-def force_data(positions, forces, cells, species, species_names, frames, cutoff_angstrom: float) -> ForceData:
-    """Pair tables (split by type) and reference forces of ``frames``."""
+def force_data(positions, forces, cells, species, species_names, frames, cutoff_angstrom: float,
+               typing=None) -> ForceData:
+    """Pair tables (split by type) and reference forces of ``frames`` (pair types of ``typing``, if molecular)."""
     species = np.asarray(species).astype(str)
     frames = np.asarray(frames, dtype=np.int64)
     types = species_types(species, species_names)
     n_species = len(species_names)
-    pairs = stack_pair_tables(positions[frames], cells[frames], types, cutoff_angstrom, n_species)
-    n_types = n_species * (n_species + 1) // 2
+    pairs = stack_pair_tables(positions[frames], cells[frames], types, cutoff_angstrom, n_species, typing)
+    n_types = n_species * (n_species + 1) // 2 if typing is None else len(typing.pair_types)
     return ForceData(
         by_type=tuple(_subset(pairs, pairs.pair_type == t) for t in range(n_types)),
         reference=forces[frames].reshape(-1, 3),
@@ -102,43 +103,48 @@ def spread_frames(frames, n: int) -> np.ndarray:
 
 @dataclass
 class _Parameterized:
-    """du/dr of a law and its gradient in the constants, as numpy functions of (r, *constants)."""
+    """du/dr of a law and its gradient in the constants, as numpy functions of (r, *constants).
+
+    ``cutoff`` is r_c of the shifted-force law, or None for a bonded law (used as it is).
+    """
 
     template: sympy.Expr
     symbols: list
     values: np.ndarray
     derivative: object  # (r, *c) -> du/dr
     gradient: object  # (r, *c) -> [∂(du/dr)/∂c_k]
+    cutoff: float | None
 
     @classmethod
-    def of(cls, expr: sympy.Expr) -> _Parameterized:
+    def of(cls, expr: sympy.Expr, cutoff: float | None) -> _Parameterized:
         template, symbols, values = symbolic.parameterize(expr)
         du = sympy.diff(template, symbolic.R)
         args = [symbolic.R, *symbols]
         derivative = sympy.lambdify(args, du, modules="numpy", cse=True)
         gradient = sympy.lambdify(args, [sympy.diff(du, c) for c in symbols], modules="numpy", cse=True)
-        return cls(template, symbols, np.asarray(values, dtype=float), derivative, gradient)
+        return cls(template, symbols, np.asarray(values, dtype=float), derivative, gradient, cutoff)
 
     def expression(self, values) -> sympy.Expr:
         return self.template.xreplace({s: sympy.Float(float(v)) for s, v in zip(self.symbols, values)})
 
-    def shifted_force_over_r(self, r: np.ndarray, values, cutoff: float) -> np.ndarray:
-        """(f(r) − f(r_c))/r with f = −du/dr: the shifted-force law's f/r."""
+    def shifted_force_over_r(self, r: np.ndarray, values) -> np.ndarray:
+        """(f(r) − f(r_c))/r with f = −du/dr: the shifted-force law's f/r (f/r itself for a bonded law)."""
         with np.errstate(all="ignore"):
             du = np.broadcast_to(self.derivative(r, *values), r.shape)
-            du_rc = float(self.derivative(np.float64(cutoff), *values))
+            du_rc = 0.0 if self.cutoff is None else float(self.derivative(np.float64(self.cutoff), *values))
             return -(du - du_rc) / r
 
-    def gradient_over_r(self, r: np.ndarray, values, cutoff: float) -> np.ndarray:
+    def gradient_over_r(self, r: np.ndarray, values) -> np.ndarray:
         """(P, K): ∂(f_sf/r)/∂c_k on the pairs."""
         with np.errstate(all="ignore"):
             columns = [np.broadcast_to(g, r.shape) for g in self.gradient(r, *values)]
-            at_rc = [float(g) for g in self.gradient(np.float64(cutoff), *values)]
+            at_rc = ([0.0] * len(columns) if self.cutoff is None
+                     else [float(g) for g in self.gradient(np.float64(self.cutoff), *values)])
             return np.column_stack([-(g - g_rc) / r for g, g_rc in zip(columns, at_rc)]) if columns else np.zeros(
             (r.size, 0))
 
 
-def _least_squares_forces(laws: dict, data: ForceData, fixed_forces: np.ndarray, cutoff: float) -> tuple[dict, float]:
+def _least_squares_forces(laws: dict, data: ForceData, fixed_forces: np.ndarray) -> tuple[dict, float]:
     """Refit the constants of ``laws`` ({t: _Parameterized}) jointly against ``data``'s forces.
 
     Returns ({t: fitted constants}, sum of squared force residuals in (eV/Å)²).
@@ -149,7 +155,7 @@ def _least_squares_forces(laws: dict, data: ForceData, fixed_forces: np.ndarray,
     zero_parameter = {t: laws[t] for t in laws if not len(laws[t].values)}
     base = fixed_forces.copy()
     for t, law in zero_parameter.items():
-        base += data.forces(t, law.shifted_force_over_r(data.by_type[t].r, [], cutoff))
+        base += data.forces(t, law.shifted_force_over_r(data.by_type[t].r, []))
     if not order:
         return {t: laws[t].values for t in laws}, float(np.sum((base - data.reference) ** 2))
 
@@ -159,14 +165,14 @@ def _least_squares_forces(laws: dict, data: ForceData, fixed_forces: np.ndarray,
     def residual(x):
         total = base.copy()
         for t, values in split(x).items():
-            total += data.forces(t, laws[t].shifted_force_over_r(data.by_type[t].r, values, cutoff))
+            total += data.forces(t, laws[t].shifted_force_over_r(data.by_type[t].r, values))
         out = (total - data.reference).ravel()
         return np.where(np.isfinite(out), out, NONFINITE_RESIDUAL)
 
     def jacobian(x):
         columns = []
         for t, values in split(x).items():
-            grad = laws[t].gradient_over_r(data.by_type[t].r, values, cutoff)
+            grad = laws[t].gradient_over_r(data.by_type[t].r, values)
             for k in range(grad.shape[1]):
                 columns.append(data.forces(t, grad[:, k]).ravel())
         jac = np.column_stack(columns)
@@ -198,8 +204,9 @@ def structural_problem(expr: sympy.Expr, max_complexity: int = MAX_CANDIDATE_COM
 
 
 
-def check_law(expr: sympy.Expr, r_min: float, cutoff: float, force_limit: float) -> str:
-    """'' if the shifted law is finite and smooth on [r_min, r_c], else why not.
+def check_law(expr: sympy.Expr, r_min: float, cutoff: float, force_limit: float, bonded: bool = False) -> str:
+    """'' if the shifted law is finite and smooth on [r_min, r_c] (a bonded law, as it is, on [r_min, r_max]
+    given as ``cutoff``), else why not.
 
     Checks a dense grid for non-finite values, forces beyond ``force_limit`` (eV/Å), and a sign
     change of the denominator (a pole can hide between grid points, but not its sign change).
@@ -218,7 +225,7 @@ def check_law(expr: sympy.Expr, r_min: float, cutoff: float, force_limit: float)
         bad = ~np.isfinite(array)
         if bad.any():
             return f"{label} not finite at r = {r[bad][0]:.3f} Å"
-    du_rc = du_r[-1]
+    du_rc = 0.0 if bonded else du_r[-1]
     worst = int(np.argmax(np.abs(du_r - du_rc)))
     if abs(du_r[worst] - du_rc) > force_limit:
         return f"force {abs(du_r[worst] - du_rc):.3g} eV/Å at r = {r[worst]:.3f} Å exceeds {force_limit:.3g}"
@@ -251,13 +258,13 @@ def _validation_errors(data: ForceData, by_type_forces: list) -> dict:
     return force_errors(predicted, data.reference, data.species)
 
 
-def _refit_one(expr: sympy.Expr, t: int, data: ForceData, fixed: np.ndarray, cutoff: float):
-    law = _Parameterized.of(expr)
-    values, cost = _least_squares_forces({t: law}, data, fixed, cutoff)
+def _refit_one(expr: sympy.Expr, t: int, data: ForceData, fixed: np.ndarray, cutoff: float | None):
+    law = _Parameterized.of(expr, cutoff)
+    values, cost = _least_squares_forces({t: law}, data, fixed)
     return law.expression(values[t]), cost
 
 
-def _prune(expr: sympy.Expr, cost: float, t: int, data: ForceData, fixed: np.ndarray, cutoff: float):
+def _prune(expr: sympy.Expr, cost: float, t: int, data: ForceData, fixed: np.ndarray, cutoff: float | None):
     """Drop additive terms whose removal (after a refit) costs less than ``PRUNE_TOLERANCE`` of the fit.
 
     Search fronts carry vestigial terms (c/r with c → 0 after the refit); a law without them is the
@@ -269,7 +276,7 @@ def _prune(expr: sympy.Expr, cost: float, t: int, data: ForceData, fixed: np.nda
             return expr, cost
         for k in range(len(terms)):
             trial = sympy.Add(*(terms[:k] + terms[k + 1:]))
-            if sympy.diff(trial, symbolic.R, 2) == 0:
+            if sympy.diff(trial, symbolic.R, 1 if cutoff is None else 2) == 0:
                 continue
             fitted, trial_cost = _refit_one(trial, t, data, fixed, cutoff)
             if trial_cost <= cost * (1.0 + PRUNE_TOLERANCE) + 1e-300:
@@ -279,7 +286,8 @@ def _prune(expr: sympy.Expr, cost: float, t: int, data: ForceData, fixed: np.nda
             return expr, cost
 
 
-def _refine(expr: sympy.Expr, t: int, data: ForceData, fixed: np.ndarray, cutoff: float, digits: int) -> sympy.Expr:
+def _refine(expr: sympy.Expr, t: int, data: ForceData, fixed: np.ndarray, cutoff: float | None,
+            digits: int) -> sympy.Expr:
     """Refit one law's constants, prune vestigial terms, snap near-integer exponents (refitting), round."""
     fitted, cost = _refit_one(expr, t, data, fixed, cutoff)
     fitted, cost = _prune(symbolic.expand_terms(fitted), cost, t, data, fixed, cutoff)
@@ -306,12 +314,16 @@ def fit_closed_form(
     masses_amu=None,
     provenance: dict | None = None,
     log=None,
+    typing=None,
+    bond_cutoff_angstrom: dict | None = None,
 ) -> ClosedFormFit:
     """Refit, check and score every candidate of ``front``; select per pair type; refit the choice jointly.
 
     ``front`` has the columns of ``engines.FRONT_COLUMNS``; ``tabulated`` is the force-matched model
     whose r_min, cutoff and core settings the closed form inherits, and which stands in for the
-    other pair types while one type's candidates are judged.
+    other pair types while one type's candidates are judged. A molecular model passes its ``typing``
+    (``invariants.PairTyping``) and ``bond_cutoff_angstrom``; its bonded laws are fitted on
+    [r_min, r_max] without a cutoff shift.
     """
     started = time.perf_counter()
     say = log or (lambda message: None)
@@ -319,9 +331,10 @@ def fit_closed_form(
     cutoff = tabulated.cutoff_angstrom
     species_names = tabulated.species
     train = force_data(positions, forces, cells, species, species_names, spread_frames(train_frames, n_refit_frames),
-                       cutoff)
+                       cutoff, typing)
     valid = force_data(positions, forces, cells, species, species_names,
-                       spread_frames(validation_frames, n_validation_frames), cutoff)
+                       spread_frames(validation_frames, n_validation_frames), cutoff, typing)
+    law_cutoff = [None if tabulated.bonded[t] else cutoff for t in range(len(names))]  # bonded: no shift
     tab_train = [train.forces(t, tabulated.force_over_r(t, train.by_type[t].r)) for t in range(len(names))]
     tab_valid = [valid.forces(t, tabulated.force_over_r(t, valid.by_type[t].r)) for t in range(len(names))]
     tabulated_validation = _validation_errors(valid, tab_valid)
@@ -333,8 +346,8 @@ def fit_closed_form(
         if name not in names:
             raise RefitError(f"candidate for unknown pair type {name!r} (model has {', '.join(names)})")
         t = names.index(name)
-        r_min = float(tabulated.r_min_angstrom[t])
-        grid = np.linspace(r_min, cutoff, 400)
+        r_min, r_end, bonded = float(tabulated.r_min_angstrom[t]), tabulated.r_end(t), bool(tabulated.bonded[t])
+        grid = np.linspace(r_min, r_end, 400)
         force_limit = FORCE_LIMIT_FACTOR * float(np.abs(tabulated.force(t, grid)).max()) + 1.0
         row = {"pair_type": name, "engine": candidate.get("engine", ""), "family": candidate.get("family", ""),
                "search_complexity": candidate["complexity"],
@@ -342,21 +355,24 @@ def fit_closed_form(
         fixed_train = np.sum([f for s, f in enumerate(tab_train) if s != t], axis=0)
         fixed_valid = np.sum([f for s, f in enumerate(tab_valid) if s != t], axis=0)
         try:
-            expr = symbolic.drop_shift_invariant_terms(parse_expression(candidate["expression"], f"candidate {index}"))
+            expr = symbolic.drop_shift_invariant_terms(parse_expression(candidate["expression"], f"candidate {index}"),
+                                                       bonded)
             if not expr.has(symbolic.R):
-                raise ValueError("no force: the law is constant or linear in r")
+                raise ValueError("no force: the law is constant" + ("" if bonded else " or linear in r"))
             reason = structural_problem(expr)
             if not reason:
-                expr = _refine(expr, t, train, fixed_train, cutoff, digits)
-                reason = (check_law(expr, r_min, cutoff, force_limit) if symbolic.drop_shift_invariant_terms(expr).has(
-                    symbolic.R) else "no force after the refit: the law became constant or linear in r")
+                expr = _refine(expr, t, train, fixed_train, law_cutoff[t], digits)
+                reason = (check_law(expr, r_min, r_end, force_limit, bonded)
+                          if symbolic.drop_shift_invariant_terms(expr, bonded).has(symbolic.R)
+                          else "no force after the refit: the law became constant" + ("" if bonded else " or linear"))
         except (ModelError, ValueError, TypeError, ZeroDivisionError, OverflowError, np.linalg.LinAlgError) as exc:
             expr, reason = None, f"refit failed: {exc}"
         row.update({"expression": symbolic.to_text(expr) if expr is not None else "",
                     "complexity": symbolic.complexity(expr) if expr is not None else np.nan,
                     "status": reason or "ok"})
         if not reason:
-            law = PairLaw(expr, r_min, cutoff, tabulated.core_stiffness, tabulated.core_length_angstrom)
+            law = PairLaw(expr, r_min, cutoff, tabulated.core_stiffness, tabulated.core_length_angstrom,
+                          r_end if bonded else None)
             train_f = fixed_train + train.forces(t, law.energy_and_force(train.by_type[t].r)[1] / train.by_type[t].r)
             valid_f = fixed_valid + valid.forces(t, law.energy_and_force(valid.by_type[t].r)[1] / valid.by_type[t].r)
             errors = force_errors(valid_f, valid.reference, valid.species)
@@ -382,14 +398,16 @@ def fit_closed_form(
         selected[name] = int(choice)
 
     # all chosen laws refitted together, then rounded
-    laws = {t: _Parameterized.of(parse_expression(table.loc[selected[n], "expression"], n)) for t, n in enumerate(names)}
-    values, _ = _least_squares_forces(laws, train, np.zeros_like(train.reference), cutoff)
+    laws = {t: _Parameterized.of(parse_expression(table.loc[selected[n], "expression"], n), law_cutoff[t])
+            for t, n in enumerate(names)}
+    values, _ = _least_squares_forces(laws, train, np.zeros_like(train.reference))
     expressions = {n: symbolic.round_constants(symbolic.tidy(laws[t].expression(values[t])), digits)
                    for t, n in enumerate(names)}
     for t, n in enumerate(names):
-        r_min = float(tabulated.r_min_angstrom[t])
-        limit = FORCE_LIMIT_FACTOR * float(np.abs(tabulated.force(t, np.linspace(r_min, cutoff, 400))).max()) + 1.0
-        if check_law(expressions[n], r_min, cutoff, limit):  # the joint refit made it worse: keep the single refit
+        r_min, r_end = float(tabulated.r_min_angstrom[t]), tabulated.r_end(t)
+        limit = FORCE_LIMIT_FACTOR * float(np.abs(tabulated.force(t, np.linspace(r_min, r_end, 400))).max()) + 1.0
+        if check_law(expressions[n], r_min, r_end, limit, bool(tabulated.bonded[t])):
+            # the joint refit made it worse: keep the single refit
             expressions[n] = parse_expression(table.loc[selected[n], "expression"], n)
     model = Model.closed_form(
         expressions, species_names, cutoff, {n: float(r) for n, r in zip(names, tabulated.r_min_angstrom)},
@@ -397,6 +415,8 @@ def fit_closed_form(
         core={n: {"stiffness_ev_per_angstrom2": tabulated.core_stiffness,
                   "length_angstrom": tabulated.core_length_angstrom} for n in names},
         provenance=dict(provenance or {}),
+        r_max_angstrom={n: tabulated.r_end(t) for t, n in enumerate(names) if tabulated.bonded[t]},
+        bond_cutoff_angstrom=bond_cutoff_angstrom,
     )
     final = [valid.forces(t, model.force_over_r(t, valid.by_type[t].r)) for t in range(len(names))]
     validation = _validation_errors(valid, final)

@@ -97,10 +97,14 @@ def round_constants(expr: sympy.Expr, digits: int = 6) -> sympy.Expr:
     return expr.xreplace({f: rounded(float(f)) for f in expr.atoms(sympy.Float)})
 
 
-def drop_shift_invariant_terms(expr: sympy.Expr) -> sympy.Expr:
-    """Remove additive terms a + b·r: under the shifted-force cutoff they change neither energy nor force."""
+def drop_shift_invariant_terms(expr: sympy.Expr, bonded: bool = False) -> sympy.Expr:
+    """Remove additive terms a + b·r: under the shifted-force cutoff they change neither energy nor force.
+
+    A bonded law has no shift: only a constant term is removed (it changes no force).
+    """
     expr = sympy.expand(expr, deep=False, mul=True, multinomial=False, power_exp=False, power_base=False, log=False)
-    kept = [term for term in sympy.Add.make_args(expr) if sympy.diff(term, R, 2) != 0]
+    order = 1 if bonded else 2
+    kept = [term for term in sympy.Add.make_args(expr) if sympy.diff(term, R, order) != 0]
     return sympy.Add(*kept)
 
 
@@ -185,20 +189,37 @@ def core_expression(r0: float, u0: float, du0: float, stiffness: float, length: 
     return sympy.expand(u)
 
 
+def outer_wall_expression(r1: float, u1: float, du1: float, stiffness: float, length: float) -> sympy.Expr:
+    """A bonded law beyond r1 as a sympy expression (see ``force_matching.outer_wall``): the core, mirrored."""
+    core = core_expression(r1, u1, -du1, stiffness, length)
+    return sympy.expand(core.xreplace({R: 2 * sympy.Float(r1) - R}))
+
+
 # --- equations ------------------------------------------------------------------------------------
 
 
-def agent_loss_text(species: str, species_names, pair_name_of, triplet_names=()) -> tuple[str, str]:
+def agent_loss_text(species: str, species_names, pair_name_of, triplet_names=(), intra_names=()) -> tuple[str, str]:
     """H_A(k) as a sum over neighbour species, in plain text and LaTeX.
 
     ``triplet_names``: the three-body types ``BAC`` centred on this species that have a term; each
     adds Σ_{j<l} w_BAC(r_kj, r_kl, cos θ_jkl) over neighbour pairs j ∈ B, l ∈ C inside r_3.
+    ``intra_names``: the bonded laws of a molecular model (``OH_intra``); the species-pair laws then
+    act between molecules only, and each bonded law between atoms of k's own molecule.
     """
     plain, latex = [], []
+    molecular = bool(intra_names)
+    where, where_tex = (", j∉mol(k)", r",\, j \notin \mathrm{mol}(k)") if molecular else ("", "")
     for other in species_names:
         name = pair_name_of(species, other)
-        plain.append(f"Σ_{{j∈{other}, r_kj<r_c}} u_{name}(r_kj)")
-        latex.append(rf"\sum_{{j \in \mathrm{{{other}}},\, r_{{kj}}<r_c}} u_{{\mathrm{{{name}}}}}(r_{{kj}})")
+        plain.append(f"Σ_{{j∈{other}{where}, r_kj<r_c}} u_{name}(r_kj)")
+        latex.append(rf"\sum_{{j \in \mathrm{{{other}}}{where_tex},\, r_{{kj}}<r_c}} u_{{\mathrm{{{name}}}}}(r_{{kj}})")
+    for other in species_names:
+        name = pair_name_of(species, other) + "_intra"
+        if name in intra_names:
+            plain.append(f"Σ_{{j∈{other}, j∈mol(k)}} u_{name}(r_kj)")
+            tex_name = name.replace("_", r"\_")
+            latex.append(rf"\sum_{{j \in \mathrm{{{other}}},\, j \in \mathrm{{mol}}(k)}} "
+                         rf"u_{{\mathrm{{{tex_name}}}}}(r_{{kj}})")
     for name in triplet_names:
         first, second = name[0], name[2]
         plain.append(f"Σ_{{j<l; j∈{first}, l∈{second}; r_kj,r_kl<r_3}} w_{name}(r_kj, r_kl, cos θ_jkl)")
@@ -282,7 +303,8 @@ def equations_markdown(model) -> str:
     ]
     centred = threebody_terms(model)
     for species in model.species:
-        plain, latex = agent_loss_text(species, model.species, model.pair_name, centred[species])
+        plain, latex = agent_loss_text(species, model.species, model.pair_name, centred[species],
+                                       tuple(getattr(model, "r_max_angstrom", {})))
         lines += [f"- `{plain}`", "", f"$$ {latex} $$", ""]
     lines += [
         "Every pair law below is used with the shifted-force cutoff",
@@ -290,20 +312,33 @@ def equations_markdown(model) -> str:
         "smallest sampled distance r_min with the repulsive wall of `discover.force_matching.repulsive_core`.",
         "",
     ]
+    if getattr(model, "is_molecular", False):
+        bonds = ", ".join(f"{n} {c:.3g} Å" for n, c in model.bond_cutoff_angstrom.items())
+        lines += [
+            "Molecular topology: atoms closer than the bond cutoff of their species pair are bonded",
+            f"({bonds}), and a molecule is a connected group of bonded atoms, assigned on the starting frame.",
+            "The species-pair laws act between molecules; a `_intra` law acts between atoms of one molecule,",
+            "at any distance: as it is (no shift) on its sampled range [r_min, r_max], with the repulsive wall",
+            "below r_min and the outer wall `discover.force_matching.outer_wall` (the wall mirrored) beyond r_max.",
+            "",
+        ]
     for name in model.pair_types:
         r_min = model.r_min_angstrom[name]
-        lines.append(f"## u_{name}(r)   (sampled from r_min = {r_min:.4g} Å)")
+        r_max = getattr(model, "r_max_angstrom", {}).get(name)
+        sampled = f"r_min = {r_min:.4g} Å" + (f" to r_max = {r_max:.4g} Å" if r_max is not None else "")
+        lines.append(f"## u_{name}(r)   (sampled from {sampled})")
         lines.append("")
         if model.kind == "closed_form":
             u = model.expressions[name]
             force = round_constants(tidy(-sympy.diff(u, R)), 6)
+            tex_name = name.replace("_", r"\_")
             lines += [
                 f"- u(r) = `{to_text(u)}`",
                 f"- f(r) = −du/dr = `{to_text(force)}`",
                 "",
-                f"$$ u_{{\\mathrm{{{name}}}}}(r) = {sympy.latex(u)} $$",
+                f"$$ u_{{\\mathrm{{{tex_name}}}}}(r) = {sympy.latex(u)} $$",
                 "",
-                f"$$ f_{{\\mathrm{{{name}}}}}(r) = -\\frac{{du}}{{dr}} = {sympy.latex(force)} $$",
+                f"$$ f_{{\\mathrm{{{tex_name}}}}}(r) = -\\frac{{du}}{{dr}} = {sympy.latex(force)} $$",
                 "",
             ]
         else:

@@ -30,6 +30,21 @@ Optional, for many-body models:
     Returns ``(w_ev, dw_dr_kj, dw_dr_kl, dw_dcos)``; zero when r_kj or r_kl ≥ r_3. Must be
     symmetric under swapping (j, r_kj) with (l, r_kl).
 
+Optional, for molecular models (see :mod:`simulate.topology`):
+
+``TOPOLOGY``
+    ``"molecular"`` (absent or ``"atomic"``: no molecules).
+``BOND_CUTOFF_ANGSTROM``
+    (S, S) nested tuple: atoms of types a, b closer than ``[a][b]`` Å are bonded (0: never);
+    molecules are the connected groups of bonded atoms of the starting frame, then fixed.
+``INTRA_PAIR_TYPES``
+    (S, S) nested tuple of bools: which type pairs have an intramolecular law.
+``intra_pair_energy_force(type_i, type_j, r)``
+    ``@numba.njit`` kernel like ``pair_energy_force``, for two atoms of one molecule, at any r.
+    ``pair_energy_force`` then acts between molecules only.
+``energy_forces(positions, types, box, molecules)``
+    takes the molecule index of every atom as a fourth argument.
+
 Per-atom loss and energy:
     pairwise: H_k = Σ_j u(r_kj);   E = ½ Σ_k Σ_j u(r_kj)
     three-body: w for centre k is added to H_k in full and to E once.
@@ -78,6 +93,20 @@ def check_kernel_module(module: ModuleType, label: str = "kernel module") -> Non
         raise KernelModuleError(f"{label}: SPECIES and MASSES_AMU differ in length")
     if not module.CUTOFF_ANGSTROM > 0:
         raise KernelModuleError(f"{label}: CUTOFF_ANGSTROM must be positive")
+    topology = getattr(module, "TOPOLOGY", "atomic")
+    if topology not in ("atomic", "molecular"):
+        raise KernelModuleError(f"{label}: TOPOLOGY must be 'atomic' or 'molecular', not {topology!r}")
+    if topology == "molecular":
+        missing = [n for n in ("BOND_CUTOFF_ANGSTROM", "INTRA_PAIR_TYPES", "intra_pair_energy_force")
+                   if not hasattr(module, n)]
+        if missing:
+            raise KernelModuleError(f"{label}: a molecular kernel module needs {', '.join(missing)}")
+        if has_threebody(module):
+            raise KernelModuleError(f"{label}: molecular kernels with three-body terms are not supported")
+
+
+def is_molecular(module: ModuleType) -> bool:
+    return getattr(module, "TOPOLOGY", "atomic") == "molecular"
 
 
 def has_threebody(module: ModuleType) -> bool:

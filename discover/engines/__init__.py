@@ -145,7 +145,7 @@ def search_tabulated(
     fronts = []
     for t, name in enumerate(tabulated.pair_types):
         r_min = float(tabulated.r_min_angstrom[t])
-        grid = np.linspace(r_min, tabulated.cutoff_angstrom, grid_points, endpoint=False)
+        grid = np.linspace(r_min, tabulated.r_end(t), grid_points, endpoint=False)
         u, f = tabulated.energy_and_force(t, grid)
         bins = np.clip(np.searchsorted(histogram.edges_angstrom, grid, side="right") - 1, 0,
                        histogram.counts.shape[1] - 1)

@@ -29,8 +29,9 @@ from ase.calculators.calculator import Calculator, all_changes
 from discover.codegen import write_kernels
 from discover.export.pairs import ExportError, Frame, pair_source
 from simulate.fileio import atomic_path, write_text_atomic
-from simulate.kernels import has_threebody, load_kernel_module
+from simulate.kernels import has_threebody, is_molecular, load_kernel_module
 from simulate.space import is_orthorhombic, max_minimum_image_cutoff
+from simulate.topology import assign_molecules
 
 
 class MldCalculator(Calculator):
@@ -45,6 +46,8 @@ class MldCalculator(Calculator):
             # per-atom energies cannot be split from the loss when three-body terms count in full
             self.implemented_properties = ["energy", "free_energy", "forces", "agent_loss"]
         self._type_of = {name: k for k, name in enumerate(self.kernels.SPECIES)}
+        # a molecular model's molecules: assigned on the first structure calculated, then kept
+        self.molecules = None
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
@@ -56,7 +59,13 @@ class MldCalculator(Calculator):
                               f"species {self.kernels.SPECIES}")
         types = np.array([self._type_of[s] for s in symbols], dtype=np.int64)
         positions = np.ascontiguousarray(atoms.get_positions(), dtype=float)
-        energy, forces, loss = self.kernels.energy_forces(positions, types, self._box(atoms, positions))
+        box = self._box(atoms, positions)
+        if is_molecular(self.kernels):
+            if self.molecules is None or len(self.molecules) != len(types):
+                self.molecules = assign_molecules(positions, box, types, np.asarray(self.kernels.BOND_CUTOFF_ANGSTROM))
+            energy, forces, loss = self.kernels.energy_forces(positions, types, box, self.molecules)
+        else:
+            energy, forces, loss = self.kernels.energy_forces(positions, types, box)
         self.results = {
             "energy": float(energy),
             "free_energy": float(energy),

@@ -27,7 +27,7 @@ from discover.dataset import Dataset
 from discover.invariants import pair_type_index, pair_type_names, species_types
 from discover.model import Model, load_model
 from simulate.errors import MldError
-from simulate.kernels import check_kernel_module, has_threebody, load_kernel_module
+from simulate.kernels import check_kernel_module, has_threebody, is_molecular, load_kernel_module
 
 R = sympy.Symbol("r", positive=True)
 
@@ -197,6 +197,9 @@ def model_expressions(model) -> PairExpressions:
 # the exports that carry a three-body term; every other one refuses a many-body model outright,
 # rather than export its pair part alone
 THREEBODY_TARGETS = ("ase", "c")
+# exports that carry a molecular model (intramolecular laws on molecules fixed at the start)
+MOLECULAR_TARGETS = ("ase",)
+
 _NO_THREEBODY_FORM = {
     "lammps": ("the LAMMPS export has no pair style for it (threebody/table looks forces up at the nearest "
                "grid point without interpolation, and sw takes only Stillinger–Weber laws)"),
@@ -212,7 +215,19 @@ def pair_source(model, target: str | None = None) -> PairSource:
     input is refused, in one line naming the exports that cover it, unless ``target`` is one of
     :data:`THREEBODY_TARGETS`: no export ever writes only the pair part of a many-body model.
     """
+    if isinstance(model, (str, Path)) and Path(model).suffix == ".json":
+        model = load_model(Path(model))
+    elif isinstance(model, (str, Path)):
+        model = load_kernel_module(model)
+    molecular = (getattr(model, "is_molecular", False) if isinstance(model, Model)
+                 else isinstance(model, ModuleType) and is_molecular(model))
+    if molecular and target not in MOLECULAR_TARGETS:
+        raise ExportError(f"{getattr(model, '__file__', None) or 'model'}: has a molecular topology (intramolecular "
+                          f"laws on fixed molecules), which the {target or 'pair'} export does not carry; export it "
+                          f"with {' or '.join(MOLECULAR_TARGETS)}")
     source = _pair_source(model)
+    if molecular:
+        return source
     if source.threebody_cutoff_angstrom is not None and target not in THREEBODY_TARGETS:
         reason = _NO_THREEBODY_FORM.get(target, "pair exports carry pairwise terms only")
         raise ExportError(f"{source.label}: has a three-body term (r_3 = {source.threebody_cutoff_angstrom:g} Å) "
@@ -239,6 +254,12 @@ def _pair_source(model) -> PairSource:
 
 
 def _model_source(model, label: str) -> PairSource:
+    if model.is_molecular:
+        # a molecular model is exported through its generated kernels only (see MOLECULAR_TARGETS)
+        source = PairSource()
+        source.species, source.masses_amu = model.species, model.masses_amu
+        source.cutoff_angstrom, source.label, source.model = model.cutoff_angstrom, label, model
+        return source
     if model.kind == "closed_form":
         source = _ExpressionSource(model_expressions(model), label)
     else:
