@@ -168,11 +168,13 @@ def discover_model(
         "engine_reason": engine_reason, "seed": seed, "mld_version": __version__,
         "train_frames": [int(train[0]), int(train[-1])], "validation_frames": [int(valid[0]), int(valid[-1])],
     }
-    fit = clock.run("refit_select", refit.fit_closed_form, front, tabulated, *arrays, train, valid,
-                    tolerance=tolerance, provenance=provenance, n_refit_frames=frames["refit_frames"],
-                    n_validation_frames=frames["refit_validation_frames"],
-                    log=lambda line: None if line.startswith("  ") else say(line), typing=typing,
-                    bond_cutoff_angstrom=bond_cutoffs)
+    # trial constants of the nonlinear refit may overflow; such candidates are rejected, not reported
+    with np.errstate(all="ignore"):
+        fit = clock.run("refit_select", refit.fit_closed_form, front, tabulated, *arrays, train, valid,
+                        tolerance=tolerance, provenance=provenance, n_refit_frames=frames["refit_frames"],
+                        n_validation_frames=frames["refit_validation_frames"],
+                        log=lambda line: None if line.startswith("  ") else say(line), typing=typing,
+                        bond_cutoff_angstrom=bond_cutoffs)
     closed = fit.model
 
     models = {"pairwise": closed, "tabulated": Model.from_tabulated(tabulated, provenance=provenance,

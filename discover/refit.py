@@ -240,6 +240,36 @@ def check_law(expr: sympy.Expr, r_min: float, cutoff: float, force_limit: float,
     return ""
 
 
+EQUILIBRIUM_TOLERANCE_ANGSTROM = 0.05
+
+
+def equilibrium_angstrom(tabulated: TabulatedModel, t: int) -> float | None:
+    """Where the force-matched force of bonded type t changes from push to pull (its equilibrium), if it does."""
+    r = np.linspace(float(tabulated.r_min_angstrom[t]), tabulated.r_end(t), 2000)
+    f = tabulated.force(t, r)
+    flips = np.flatnonzero((f[:-1] > 0) & (f[1:] <= 0))
+    return float(r[flips[0]]) if flips.size else None
+
+
+def check_equilibrium(expr: sympy.Expr, r_eq: float | None, r_min: float, r_max: float) -> str:
+    """'' if a bonded law keeps the force-matched equilibrium (within ``EQUILIBRIUM_TOLERANCE_ANGSTROM``).
+
+    The force error of a bond law is small next to the rest of the force, so a law without the
+    bond's minimum (a pure repulsion held only by the outer wall) can score well; it would put the
+    equilibrium at r_max in MD. Such a law is rejected.
+    """
+    if r_eq is None:
+        return ""
+    r = np.linspace(r_min, r_max, 2000)
+    with np.errstate(all="ignore"):
+        f = -np.broadcast_to(np.asarray(sympy.lambdify(symbolic.R, sympy.diff(expr, symbolic.R), "numpy")(r),
+                                        dtype=float), r.shape)
+    flips = np.flatnonzero((f[:-1] > 0) & (f[1:] <= 0))
+    if flips.size == 0 or np.min(np.abs(r[flips] - r_eq)) > EQUILIBRIUM_TOLERANCE_ANGSTROM:
+        return f"no equilibrium within {EQUILIBRIUM_TOLERANCE_ANGSTROM} Å of the force-matched bond length {r_eq:.3f} Å"
+    return ""
+
+
 # --- the pipeline ------------------------------------------------------------------------------------
 
 
@@ -365,6 +395,8 @@ def fit_closed_form(
                 reason = (check_law(expr, r_min, r_end, force_limit, bonded)
                           if symbolic.drop_shift_invariant_terms(expr, bonded).has(symbolic.R)
                           else "no force after the refit: the law became constant" + ("" if bonded else " or linear"))
+                if bonded and not reason:
+                    reason = check_equilibrium(expr, equilibrium_angstrom(tabulated, t), r_min, r_end)
         except (ModelError, ValueError, TypeError, ZeroDivisionError, OverflowError, np.linalg.LinAlgError) as exc:
             expr, reason = None, f"refit failed: {exc}"
         row.update({"expression": symbolic.to_text(expr) if expr is not None else "",
@@ -406,7 +438,9 @@ def fit_closed_form(
     for t, n in enumerate(names):
         r_min, r_end = float(tabulated.r_min_angstrom[t]), tabulated.r_end(t)
         limit = FORCE_LIMIT_FACTOR * float(np.abs(tabulated.force(t, np.linspace(r_min, r_end, 400))).max()) + 1.0
-        if check_law(expressions[n], r_min, r_end, limit, bool(tabulated.bonded[t])):
+        bonded = bool(tabulated.bonded[t])
+        if check_law(expressions[n], r_min, r_end, limit, bonded) or (
+                bonded and check_equilibrium(expressions[n], equilibrium_angstrom(tabulated, t), r_min, r_end)):
             # the joint refit made it worse: keep the single refit
             expressions[n] = parse_expression(table.loc[selected[n], "expression"], n)
     model = Model.closed_form(

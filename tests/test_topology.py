@@ -347,3 +347,14 @@ def test_molecular_typing_refuses_a_pair_without_a_law():
     typing = molecular_typing(SPECIES, types, molecules, ("OO", "OH", "HH", "OH_intra"))
     with pytest.raises(ValueError, match="intramolecular HH pair"):
         typing.index(types[[1]], types[[2]], np.array([1]), np.array([2]), 2)
+
+
+def test_a_bond_law_without_the_bond_minimum_is_rejected():
+    from discover.model import parse_expression
+    from discover.refit import check_equilibrium
+
+    spring = parse_expression("3.0*(r - 1.55)**2")
+    repulsion = parse_expression("408600.0*exp(-10.8805*r)")  # the kind of law that once won on force error
+    assert check_equilibrium(spring, 1.56, 1.36, 1.70) == ""
+    assert "no equilibrium" in check_equilibrium(repulsion, 1.56, 1.36, 1.70)
+    assert "no equilibrium" in check_equilibrium(spring, 1.45, 1.36, 1.70)  # minimum in the wrong place
