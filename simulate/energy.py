@@ -6,18 +6,34 @@ every atom. The loop is made by a factory that closes over the kernel, so Numba 
 into the loop (and LLVM inlines it) instead of calling through Python; the compiled loops are
 cached per kernel module for the life of the process.
 
-Pair-only kernels run on a *half* neighbour list (see :mod:`simulate.partition`): each pair's
-kernel is called once and its force applied to both atoms (Newton's third law), half the work
-of a full list. The loop goes through blocks of x-layers of cells: even blocks in parallel, then
-odd ones; a layer's pairs reach only itself and the next layer, so no two threads write one atom
-and every atom's sums run in one fixed order, the same bit for bit for any number of threads.
-Three-body kernels need every neighbour pair of a centre and run on a full list.
+The pair pass runs on a *half* neighbour list (see :mod:`simulate.partition`): each pair's kernel is
+called once and its force applied to both atoms (Newton's third law), half the work of a full list.
+It goes through blocks of x-layers of cells: even blocks in parallel, then odd ones; a layer's pairs
+reach only itself and the next layer, so no two threads write one atom and every atom's sums run in
+one fixed order, the same bit for bit for any number of threads.
+
+Three-body terms (Stillinger & Weber 1985, Phys. Rev. B 31, 5262: w centred on k for every pair of
+its neighbours j, l within r_3) run in three more passes that are race-free and thread-count
+independent in the same way:
+
+1. the pair pass also files every pair inside r_3 in a short *full* list of both atoms (a pair is
+   visited once, so it writes both rows, like its forces), with the slot it took in the other row;
+2. each centre k, in parallel, sums its triplets: its own force and loss, and the gradient on each of
+   its neighbours into that neighbour's slot of k's row — a centre writes only its own row;
+3. each atom, in parallel, gathers the gradients stored for it in its neighbours' rows.
+
+The short list holds ~14 atoms per row for water at r_3 = 3.2 Å, against ~85 in a full list at the
+pair cutoff plus skin; it is rebuilt every step (its distances are the pair pass's), so no skin.
 
 Each atom k gets its own loss ``H_k = Σ_j u(r_kj)`` — the agent's view of the model: m_k q̈_k =
 −∂H_{A_k}/∂q_k summed over the pair terms it shares — plus, with three-body terms, every ``w``
 centred on k. The total energy counts each pair once and each triplet once.
 
 The virial ``W = Σ_pairs r_ij · F_ij`` (eV) gives the pressure, see :mod:`simulate.quantity`.
+
+Every pass adds into the same per-atom forces, loss and virial and returns its energy; a further
+O(N) term (say, bonded pairs of a molecular topology) is one more such pass in
+:func:`_make_loops`' force functions.
 """
 
 from __future__ import annotations
@@ -44,62 +60,59 @@ class ForceResult(NamedTuple):
     nearest_angstrom: np.ndarray  # (N,) distance to the nearest atom within the cutoff (inf if none)
 
 
-def _make_pair_loop(pair_energy_force):
-    """The pair loop over a *full* list: each atom sums its own row, so a parallel loop is race-free."""
-
-    def pair_loop(positions, types, box, neighbors, counts, cutoff):
-        n = positions.shape[0]
-        forces = np.empty((n, 3))
-        loss = np.empty(n)
-        virial = np.empty(n)
-        nearest = np.empty(n)
-        lx, ly, lz = box[0], box[1], box[2]
-        rc2 = cutoff * cutoff
-        for i in prange(n):
-            xi, yi, zi = positions[i, 0], positions[i, 1], positions[i, 2]
-            ti = types[i]
-            fx = 0.0
-            fy = 0.0
-            fz = 0.0
-            e = 0.0
-            w = 0.0
-            r2min = np.inf
-            for a in range(counts[i]):
-                j = neighbors[i, a]
-                dx = xi - positions[j, 0]
-                dy = yi - positions[j, 1]
-                dz = zi - positions[j, 2]
-                dx -= lx * np.rint(dx / lx)
-                dy -= ly * np.rint(dy / ly)
-                dz -= lz * np.rint(dz / lz)
-                r2 = dx * dx + dy * dy + dz * dz
-                if r2 < rc2:
-                    u, f = pair_energy_force(ti, types[j], math.sqrt(r2))
-                    e += u
-                    fx += f * dx
-                    fy += f * dy
-                    fz += f * dz
-                    w += f * r2
-                    r2min = min(r2min, r2)
-            forces[i, 0] = fx
-            forces[i, 1] = fy
-            forces[i, 2] = fz
-            loss[i] = e
-            # each pair is visited from both ends; half of r·F to each
-            virial[i] = 0.5 * w
-            nearest[i] = math.sqrt(r2min)
-        return forces, loss, virial, nearest
-
-    return partition.serial_and_parallel(pair_loop, cache=False)
+TRIPLET_CHUNK = 32  # centres per parallel task of the three-body pass
 
 
-def _make_half_pair_loop(pair_energy_force):
-    """The pair loop over a *half* list: one kernel call per pair, its force to both atoms."""
+@numba.njit(cache=True)
+def _no_triplets(type_k, type_j, type_l, r_kj, r_kl, cos_theta):
+    return 0.0, 0.0, 0.0, 0.0
+
+
+def _make_loops(pair_energy_force, triplet_energy_gradient=None):
+    """(half-list forces, full-list forces), each a (serial, parallel) pair of compiled functions.
+
+    Both return ``(forces (N,3), loss (N,), virial (N,), nearest (N,), energy, virial_total, needed3)``;
+    ``needed3`` is the longest short-list row (0 without three-body terms): when it exceeds
+    ``capacity3`` the three-body passes were skipped and the call must be repeated with a wider list.
+    """
+    with_triplets = triplet_energy_gradient is not None  # a compile-time constant of the loops
+    triplet = triplet_energy_gradient if with_triplets else _no_triplets
 
     @numba.njit(inline="always")
-    def atom_row(i, positions, types, lx, ly, lz, ix, iy, iz, neighbors, counts, rc2, forces, loss, r2min,
-                 near_j, near_d):
-        """Every pair of row i; returns its Σ r·F. Writes to i and to its row's atoms only.
+    def file_triplet_pair(i, j, dx, dy, dz, r, nb3, rev3, d3, cnt3):
+        """Put the pair (i, j), r < r_3, x_i − x_j = (dx, dy, dz), into both short rows.
+
+        A row keeps the unit vector from its atom to the other, r and 1/r: the triplet loop then
+        needs no division.
+        """
+        a = cnt3[i]
+        b = cnt3[j]
+        if a < nb3.shape[1] and b < nb3.shape[1]:
+            inv_r = 1.0 / r
+            ux = dx * inv_r
+            uy = dy * inv_r
+            uz = dz * inv_r
+            nb3[i, a] = j
+            rev3[i, a] = b
+            d3[i, a, 0] = -ux
+            d3[i, a, 1] = -uy
+            d3[i, a, 2] = -uz
+            d3[i, a, 3] = r
+            d3[i, a, 4] = inv_r
+            nb3[j, b] = i
+            rev3[j, b] = a
+            d3[j, b, 0] = ux
+            d3[j, b, 1] = uy
+            d3[j, b, 2] = uz
+            d3[j, b, 3] = r
+            d3[j, b, 4] = inv_r
+        cnt3[i] = a + 1
+        cnt3[j] = b + 1
+
+    @numba.njit(inline="always")
+    def atom_row(i, positions, types, lx, ly, lz, ix, iy, iz, neighbors, counts, rc2, r32, forces, loss, r2min,
+                 near_j, near_d, nb3, rev3, d3, cnt3):
+        """Every pair of half-list row i; returns its Σ r·F. Writes to i and to its row's atoms only.
 
         Two passes: the first only measures distances and keeps the pairs inside the cutoff,
         without branching, those with j of i's species from the front of the scratch rows and
@@ -108,6 +121,7 @@ def _make_half_pair_loop(pair_energy_force):
         """
         xi, yi, zi = positions[i, 0], positions[i, 1], positions[i, 2]
         ti = types[i]
+        reach2 = max(rc2, r32)
         front = 0
         back = near_j.shape[0] - 1
         for a in range(counts[i]):
@@ -126,7 +140,7 @@ def _make_half_pair_loop(pair_energy_force):
             near_d[slot, 1] = dy
             near_d[slot, 2] = dz
             near_d[slot, 3] = r2
-            inside = r2 < rc2
+            inside = r2 < reach2
             front += inside and same
             back -= inside and not same
         fx = 0.0
@@ -140,7 +154,13 @@ def _make_half_pair_loop(pair_energy_force):
             for slot in range(lo, hi):
                 j = near_j[slot]
                 dx, dy, dz, r2 = near_d[slot, 0], near_d[slot, 1], near_d[slot, 2], near_d[slot, 3]
-                u, f = pair_energy_force(ti, types[j], math.sqrt(r2))
+                r = math.sqrt(r2)
+                if with_triplets:
+                    if r2 < r32:
+                        file_triplet_pair(i, j, dx, dy, dz, r, nb3, rev3, d3, cnt3)
+                    if r2 >= rc2:
+                        continue
+                u, f = pair_energy_force(ti, types[j], r)
                 e += u
                 loss[j] += u
                 fx += f * dx
@@ -159,18 +179,105 @@ def _make_half_pair_loop(pair_energy_force):
         r2min[i] = near
         return w
 
-    def half_pair_loop(positions, types, box, neighbors, counts, cutoff, order, layer_start):
-        # Plain loops throughout but the one prange: in a parallel function an array expression is
-        # a parallel region of its own, and every region wakes the threads (a whole time slice
-        # on a busy machine). The list is in cell order (see partition.NeighborList), and so are
-        # the copies the loop works on: neighbours then sit close together in memory.
+    @numba.njit(inline="always")
+    def triplet_centre(k, types, nb3, d3, cnt3, grad3, forces, loss, virial, perm):
+        """Every triplet j–k–l of centre k; returns their energy. Writes to k and k's short row only.
+
+        With unit vectors û_j = d_kj/r_kj, ∂cosθ/∂x_j = (û_l − cosθ û_j)/r_kj, so the gradient of w
+        on j is (∂w/∂r_kj − ∂w/∂cosθ cosθ/r_kj) û_j + ∂w/∂cosθ/r_kj û_l, alike for l; it goes to
+        grad3[k, slot of j], and the centre takes minus the sum (translation invariance). Its share
+        of Σ r·F is −(r_kj ∂w/∂r_kj + r_kl ∂w/∂r_kl): the cos θ terms cancel. The
+        neighbours are visited in order of species (``perm``, a stable sort of the slots), so the
+        kernel's branches on the species go the same way many times running.
+        """
+        m = cnt3[k]
+        tk = types[k]
+        for a in range(m):
+            grad3[k, a, 0] = 0.0
+            grad3[k, a, 1] = 0.0
+            grad3[k, a, 2] = 0.0
+            # insertion sort by species: m is a dozen or so
+            t = types[nb3[k, a]]
+            b = a
+            while b > 0 and types[nb3[k, perm[b - 1]]] > t:
+                perm[b] = perm[b - 1]
+                b -= 1
+            perm[b] = a
+        e = 0.0
+        wv = 0.0
+        for a in range(m):
+            sa = perm[a]
+            tj = types[nb3[k, sa]]
+            ax, ay, az, r1, ir1 = d3[k, sa, 0], d3[k, sa, 1], d3[k, sa, 2], d3[k, sa, 3], d3[k, sa, 4]
+            gjx = 0.0
+            gjy = 0.0
+            gjz = 0.0
+            for b in range(a + 1, m):
+                sb = perm[b]
+                bx, by, bz, r2, ir2 = d3[k, sb, 0], d3[k, sb, 1], d3[k, sb, 2], d3[k, sb, 3], d3[k, sb, 4]
+                cos = ax * bx + ay * by + az * bz
+                w, g1, g2, gc = triplet(tk, tj, types[nb3[k, sb]], r1, r2, cos)
+                e += w
+                hj = gc * ir1
+                hl = gc * ir2
+                cj = g1 - hj * cos
+                cl = g2 - hl * cos
+                ux = cj * ax + hj * bx
+                uy = cj * ay + hj * by
+                uz = cj * az + hj * bz
+                vx = cl * bx + hl * ax
+                vy = cl * by + hl * ay
+                vz = cl * bz + hl * az
+                gjx += ux
+                gjy += uy
+                gjz += uz
+                grad3[k, sb, 0] += vx
+                grad3[k, sb, 1] += vy
+                grad3[k, sb, 2] += vz
+                wv -= r1 * g1 + r2 * g2
+            grad3[k, sa, 0] += gjx
+            grad3[k, sa, 1] += gjy
+            grad3[k, sa, 2] += gjz
+        fx = 0.0
+        fy = 0.0
+        fz = 0.0
+        for a in range(m):
+            fx += grad3[k, a, 0]
+            fy += grad3[k, a, 1]
+            fz += grad3[k, a, 2]
+        forces[k, 0] += fx
+        forces[k, 1] += fy
+        forces[k, 2] += fz
+        loss[k] += e
+        virial[k] += wv
+        return e
+
+    @numba.njit(inline="always")
+    def gather(p, nb3, rev3, cnt3, grad3, forces):
+        """Minus the three-body gradients on p that its neighbours' centres stored for it."""
+        gx = 0.0
+        gy = 0.0
+        gz = 0.0
+        for b in range(cnt3[p]):
+            q = nb3[p, b]
+            s = rev3[p, b]
+            gx += grad3[q, s, 0]
+            gy += grad3[q, s, 1]
+            gz += grad3[q, s, 2]
+        forces[p, 0] -= gx
+        forces[p, 1] -= gy
+        forces[p, 2] -= gz
+
+    def half_list_forces(positions, types, box, neighbors, counts, order, layer_start, cutoff, cutoff3, work):
+        # Plain loops throughout but the pranges: in a parallel function an array expression is a
+        # parallel region of its own, and every region wakes the threads (a whole time slice on a
+        # busy machine). The list is in cell order (see partition.NeighborList), and so are the
+        # copies the loop works on: neighbours then sit close together in memory. The scratch
+        # arrays come from the caller (see Workspace): fresh ones would cost a page fault per 4 KiB
+        # every call.
         n = positions.shape[0]
-        cell_positions = np.empty((n, 3))
-        cell_types = np.empty(n, dtype=types.dtype)
-        forces = np.empty((n, 3))
-        loss = np.empty(n)
-        virial = np.empty(n)
-        r2min = np.empty(n)
+        cell_positions, cell_types, forces, loss, virial, r2min, nb3, rev3, d3, grad3, cnt3 = work
+        capacity3 = nb3.shape[1]
         for p in range(n):
             i = order[p]
             for d in range(3):
@@ -179,9 +286,11 @@ def _make_half_pair_loop(pair_energy_force):
             cell_types[p] = types[i]
             loss[p] = 0.0
             r2min[p] = np.inf
+            cnt3[p] = 0
         lx, ly, lz = box[0], box[1], box[2]
         ix, iy, iz = 1.0 / lx, 1.0 / ly, 1.0 / lz
         rc2 = cutoff * cutoff
+        r32 = cutoff3 * cutoff3 if with_triplets else 0.0
         # the x-layers in 2K consecutive blocks; the even blocks run in parallel, then the odd ones.
         # A block writes to its own layers and the next one, which belongs to a block of the
         # other phase, so blocks of one phase never write the same atom. K depends on the layers
@@ -202,12 +311,33 @@ def _make_half_pair_loop(pair_energy_force):
                 last = layer_start[(block + 1) * n_layers // n_blocks]
                 for p in range(first, last):
                     virial[p] = atom_row(p, cell_positions, cell_types, lx, ly, lz, ix, iy, iz, neighbors, counts,
-                                         rc2, forces, loss, r2min, near_j, near_d)
+                                         rc2, r32, forces, loss, r2min, near_j, near_d, nb3, rev3, d3, cnt3)
+        energy = 0.0
+        for p in range(n):
+            energy += loss[p]
+        energy *= 0.5
+        needed3 = 0
+        if with_triplets:
+            for p in range(n):
+                needed3 = max(needed3, cnt3[p])
+            if needed3 <= capacity3:
+                # centres in parallel chunks, each with its scratch row (a prange inside an inlined
+                # function would not be parallelised)
+                energy3 = np.empty(n)
+                for c in prange((n + TRIPLET_CHUNK - 1) // TRIPLET_CHUNK):
+                    perm = np.empty(nb3.shape[1], dtype=np.int64)
+                    for k in range(c * TRIPLET_CHUNK, min(n, (c + 1) * TRIPLET_CHUNK)):
+                        energy3[k] = triplet_centre(k, cell_types, nb3, d3, cnt3, grad3, forces, loss, virial, perm)
+                for k in range(n):
+                    energy += energy3[k]
+                for p in prange(n):
+                    gather(p, nb3, rev3, cnt3, grad3, forces)
         # back to atom order
         atom_forces = np.empty((n, 3))
         atom_loss = np.empty(n)
         atom_virial = np.empty(n)
         nearest = np.empty(n)
+        virial_total = 0.0
         for p in range(n):
             i = order[p]
             for d in range(3):
@@ -215,90 +345,164 @@ def _make_half_pair_loop(pair_energy_force):
             atom_loss[i] = loss[p]
             atom_virial[i] = virial[p]
             nearest[i] = math.sqrt(r2min[p])
-        return atom_forces, atom_loss, atom_virial, nearest
+            virial_total += virial[p]
+        return atom_forces, atom_loss, atom_virial, nearest, energy, virial_total, needed3
 
-    return partition.serial_and_parallel(half_pair_loop, cache=False)
-
-
-def _make_triplet_loop(triplet_energy_gradient):
-    # Serial: a triplet moves three atoms, so a parallel loop over centres would race on j and l.
-    # Three-body cutoffs are short (first shell), so this loop is small next to the pair loop.
-    @numba.njit
-    def triplet_loop(positions, types, box, neighbors, counts, cutoff3, forces, loss, virial):
+    def full_list_forces(positions, types, box, neighbors, counts, cutoff, cutoff3, work):
+        # each atom sums its own row, so the pair loop is race-free; the short rows are filled from
+        # the full rows, each pair from both ends (x_i − x_j is exactly −(x_j − x_i), so both ends
+        # agree on whether it is inside r_3), and the slot of i in j's row is looked up
         n = positions.shape[0]
-        capacity = neighbors.shape[1]
-        near = np.empty(capacity, dtype=np.int64)
-        dvec = np.empty((capacity, 3))
-        rnear = np.empty(capacity)
-        energy = 0.0
-        for k in range(n):
-            # neighbours of k inside the three-body cutoff, in ascending index so that j < l
+        forces = np.empty((n, 3))
+        loss = np.empty(n)
+        virial = np.empty(n)
+        nearest = np.empty(n)
+        nb3, rev3, d3, grad3, cnt3 = work[6], work[7], work[8], work[9], work[10]
+        rows = nb3.shape[1]
+        capacity3 = rows
+        lx, ly, lz = box[0], box[1], box[2]
+        rc2 = cutoff * cutoff
+        r32 = cutoff3 * cutoff3 if with_triplets else 0.0
+        for i in prange(n):
+            xi, yi, zi = positions[i, 0], positions[i, 1], positions[i, 2]
+            ti = types[i]
+            fx = 0.0
+            fy = 0.0
+            fz = 0.0
+            e = 0.0
+            w = 0.0
+            r2min = np.inf
             m = 0
-            for a in range(counts[k]):
-                j = neighbors[k, a]
-                d0 = positions[j, 0] - positions[k, 0]
-                d1 = positions[j, 1] - positions[k, 1]
-                d2 = positions[j, 2] - positions[k, 2]
-                d0 -= box[0] * np.rint(d0 / box[0])
-                d1 -= box[1] * np.rint(d1 / box[1])
-                d2 -= box[2] * np.rint(d2 / box[2])
-                r = math.sqrt(d0 * d0 + d1 * d1 + d2 * d2)
-                if r < cutoff3:
-                    b = m
-                    while b > 0 and near[b - 1] > j:  # insertion sort: m is a handful
-                        near[b] = near[b - 1]
-                        rnear[b] = rnear[b - 1]
-                        dvec[b] = dvec[b - 1]
-                        b -= 1
-                    near[b] = j
-                    rnear[b] = r
-                    dvec[b, 0] = d0
-                    dvec[b, 1] = d1
-                    dvec[b, 2] = d2
+            for a in range(counts[i]):
+                j = neighbors[i, a]
+                dx = xi - positions[j, 0]
+                dy = yi - positions[j, 1]
+                dz = zi - positions[j, 2]
+                dx -= lx * np.rint(dx / lx)
+                dy -= ly * np.rint(dy / ly)
+                dz -= lz * np.rint(dz / lz)
+                r2 = dx * dx + dy * dy + dz * dz
+                if with_triplets and r2 < r32:
+                    if m < rows:
+                        r = math.sqrt(r2)
+                        inv_r = 1.0 / r
+                        nb3[i, m] = j
+                        d3[i, m, 0] = -dx * inv_r
+                        d3[i, m, 1] = -dy * inv_r
+                        d3[i, m, 2] = -dz * inv_r
+                        d3[i, m, 3] = r
+                        d3[i, m, 4] = inv_r
                     m += 1
-            tk = types[k]
-            for a in range(m):
-                j = near[a]
-                r1 = rnear[a]
-                for b in range(a + 1, m):
-                    l = near[b]
-                    r2 = rnear[b]
-                    dot = dvec[a, 0] * dvec[b, 0] + dvec[a, 1] * dvec[b, 1] + dvec[a, 2] * dvec[b, 2]
-                    inv12 = 1.0 / (r1 * r2)
-                    cos = dot * inv12
-                    w, g1, g2, gc = triplet_energy_gradient(tk, types[j], types[l], r1, r2, cos)
-                    energy += w
-                    loss[k] += w
-                    wv = 0.0
-                    for c in range(3):
-                        # ∂cosθ/∂x_j = d_kl/(r1 r2) − cosθ d_kj/r1², and alike for l
-                        grad_j = g1 * dvec[a, c] / r1 + gc * (dvec[b, c] * inv12 - cos * dvec[a, c] / (r1 * r1))
-                        grad_l = g2 * dvec[b, c] / r2 + gc * (dvec[a, c] * inv12 - cos * dvec[b, c] / (r2 * r2))
-                        forces[j, c] -= grad_j
-                        forces[l, c] -= grad_l
-                        forces[k, c] += grad_j + grad_l
-                        # Σ x·F with x taken relative to the centre k (translation invariant)
-                        wv -= dvec[a, c] * grad_j + dvec[b, c] * grad_l
-                    virial[k] += wv
-        return energy
+                if r2 < rc2:
+                    u, f = pair_energy_force(ti, types[j], math.sqrt(r2))
+                    e += u
+                    fx += f * dx
+                    fy += f * dy
+                    fz += f * dz
+                    w += f * r2
+                    r2min = min(r2min, r2)
+            forces[i, 0] = fx
+            forces[i, 1] = fy
+            forces[i, 2] = fz
+            loss[i] = e
+            # each pair is visited from both ends; half of r·F to each
+            virial[i] = 0.5 * w
+            nearest[i] = math.sqrt(r2min)
+            cnt3[i] = m
+        energy = 0.0
+        for i in range(n):
+            energy += loss[i]
+        energy *= 0.5
+        needed3 = 0
+        if with_triplets:
+            for i in range(n):
+                needed3 = max(needed3, cnt3[i])
+            if needed3 <= capacity3:
+                for i in prange(n):
+                    for a in range(cnt3[i]):
+                        j = nb3[i, a]
+                        for b in range(cnt3[j]):
+                            if nb3[j, b] == i:
+                                rev3[i, a] = b
+                # centres in parallel chunks, each with its scratch row (a prange inside an inlined
+                # function would not be parallelised)
+                energy3 = np.empty(n)
+                for c in prange((n + TRIPLET_CHUNK - 1) // TRIPLET_CHUNK):
+                    perm = np.empty(nb3.shape[1], dtype=np.int64)
+                    for k in range(c * TRIPLET_CHUNK, min(n, (c + 1) * TRIPLET_CHUNK)):
+                        energy3[k] = triplet_centre(k, types, nb3, d3, cnt3, grad3, forces, loss, virial, perm)
+                for k in range(n):
+                    energy += energy3[k]
+                for p in prange(n):
+                    gather(p, nb3, rev3, cnt3, grad3, forces)
+        virial_total = 0.0
+        for i in range(n):
+            virial_total += virial[i]
+        return forces, loss, virial, nearest, energy, virial_total, needed3
 
-    return triplet_loop
+    return (partition.serial_and_parallel(half_list_forces, cache=False),
+            partition.serial_and_parallel(full_list_forces, cache=False))
+
+
+class ForceLoops(NamedTuple):
+    """The compiled force functions of one kernel module (see :func:`_make_loops`)."""
+
+    kernel_module: ModuleType
+    half: tuple  # (serial, parallel)
+    full: tuple  # (serial, parallel)
+    cutoff_angstrom: float  # pair cutoff
+    threebody_cutoff_angstrom: float  # 0 without three-body terms
+    workspaces: dict  # atom count -> the scratch arrays of the last call of that size
 
 
 _LOOPS: dict = {}
 
 
-def _loops(kernel_module: ModuleType):
+def force_loops(kernel_module: ModuleType) -> ForceLoops:
     """The compiled loops of one kernel module, made once per process."""
     key = id(kernel_module)
     cached = _LOOPS.get(key)
-    if cached is None or cached[0] is not kernel_module:
-        pair = _make_pair_loop(kernel_module.pair_energy_force)
-        half_pair = _make_half_pair_loop(kernel_module.pair_energy_force)
-        triplet = _make_triplet_loop(kernel_module.triplet_energy_gradient) if has_threebody(kernel_module) else None
-        cached = (kernel_module, pair, half_pair, triplet)
+    if cached is None or cached.kernel_module is not kernel_module:
+        threebody = has_threebody(kernel_module)
+        half, full = _make_loops(kernel_module.pair_energy_force,
+                                 kernel_module.triplet_energy_gradient if threebody else None)
+        cutoff3 = float(kernel_module.THREEBODY_CUTOFF_ANGSTROM) if threebody else 0.0
+        cached = ForceLoops(kernel_module, half, full, float(kernel_module.CUTOFF_ANGSTROM), cutoff3, {})
         _LOOPS[key] = cached
-    return cached[1:]
+    return cached
+
+
+def triplet_capacity(n_atoms: int, box: np.ndarray, cutoff3_angstrom: float) -> int:
+    """A first width for the short three-body rows: 1.25× the atoms expected within r_3, plus 8.
+
+    Only the memory depends on it (a row that overflows is widened and the forces are computed
+    again), and at 10⁵ atoms the rows take 64 bytes per slot.
+    """
+    if cutoff3_angstrom <= 0:
+        return 1
+    expected = n_atoms / float(np.prod(box)) * 4.0 / 3.0 * math.pi * cutoff3_angstrom**3
+    return int(min(max(n_atoms - 1, 1), math.ceil(1.25 * expected) + 8))
+
+
+def workspace(loops: ForceLoops, n_atoms: int, box: np.ndarray, capacity3: int = 0) -> tuple:
+    """Scratch arrays for the force functions of ``loops``, kept and reused per atom count.
+
+    (cell-ordered positions, types, forces, loss, virial, nearest², then the short three-body rows:
+    atoms, slot in the other row, (unit vector, r, 1/r), gradients, counts). ``capacity3`` asks for
+    rows at least that wide.
+    """
+    rows = 1
+    if loops.threebody_cutoff_angstrom > 0:
+        rows = max(capacity3, triplet_capacity(n_atoms, box, loops.threebody_cutoff_angstrom))
+    work = loops.workspaces.get(n_atoms)
+    if work is None or work[6].shape[1] < rows:
+        n = n_atoms
+        work = (np.empty((n, 3)), np.empty(n, dtype=np.int64), np.empty((n, 3)), np.empty(n), np.empty(n),
+                np.empty(n), np.empty((n, rows), dtype=np.int64), np.empty((n, rows), dtype=np.int64),
+                np.empty((n, rows, 5)), np.empty((n, rows, 3)), np.empty(n, dtype=np.int64))
+        loops.workspaces.clear()  # one size at a time: a run keeps its atom count
+        loops.workspaces[n_atoms] = work
+    return work
 
 
 def interaction_cutoff_angstrom(kernel_module: ModuleType) -> float:
@@ -312,32 +516,32 @@ def interaction_cutoff_angstrom(kernel_module: ModuleType) -> float:
 def compute_forces(
     kernel_module: ModuleType, positions: np.ndarray, types: np.ndarray, neighbors: partition.NeighborList
 ) -> ForceResult:
-    """Energy, forces, per-atom loss and virial of ``positions`` (Å) using an up-to-date list.
-
-    Pair-only kernels take a half or a full list; three-body kernels need a full one.
-    """
-    pair_loop, half_pair_loop, triplet_loop = _loops(kernel_module)
+    """Energy, forces, per-atom loss and virial of ``positions`` (Å) using an up-to-date list, half or full."""
+    loops = force_loops(kernel_module)
     box = neighbors.box_angstrom
     parallel = partition.use_parallel(len(positions))
-    cutoff = float(kernel_module.CUTOFF_ANGSTROM)
-    if neighbors.half:
-        if triplet_loop is not None:
-            raise ValueError("a three-body kernel needs a full neighbour list (neighbor_list(..., half=False))")
-        forces, loss, virial, nearest = half_pair_loop[parallel](
-            positions, types, box, neighbors.neighbors, neighbors.counts, cutoff, neighbors.order,
-            neighbors.layer_start,
-        )
-    else:
-        forces, loss, virial, nearest = pair_loop[parallel](
-            positions, types, box, neighbors.neighbors, neighbors.counts, cutoff
-        )
-    energy = 0.5 * float(loss.sum())
-    if triplet_loop is not None:
-        energy += triplet_loop(
-            positions, types, box, neighbors.neighbors, neighbors.counts,
-            float(kernel_module.THREEBODY_CUTOFF_ANGSTROM), forces, loss, virial,
-        )
-    return ForceResult(energy, forces, loss, float(virial.sum()), nearest)
+    positions = np.ascontiguousarray(positions, dtype=float)
+    types = np.ascontiguousarray(types, dtype=np.int64)
+    capacity3 = 0
+    while True:
+        work = workspace(loops, len(positions), box, capacity3)
+        if neighbors.half:
+            out = loops.half[parallel](positions, types, box, neighbors.neighbors, neighbors.counts,
+                                       neighbors.order, neighbors.layer_start, loops.cutoff_angstrom,
+                                       loops.threebody_cutoff_angstrom, work)
+        else:
+            out = loops.full[parallel](positions, types, box, neighbors.neighbors, neighbors.counts,
+                                       loops.cutoff_angstrom, loops.threebody_cutoff_angstrom, work)
+        needed3 = out[6]
+        if needed3 <= work[6].shape[1]:
+            return force_result(out)
+        capacity3 = needed3 + 4 + needed3 // 8  # short rows overflowed: widen and go again
+
+
+def force_result(out) -> ForceResult:
+    """The ForceResult of a force function's output tuple."""
+    forces, loss, _, nearest, energy, virial_total, _ = out
+    return ForceResult(float(energy), forces, loss, float(virial_total), nearest)
 
 
 ForceFn = Callable[[np.ndarray, "partition.NeighborList | None"], "tuple[partition.NeighborList, ForceResult]"]
@@ -347,24 +551,32 @@ def make_force_fn(kernel_module: ModuleType, types: np.ndarray, box, skin_angstr
     """``force_fn(positions, neighbors) -> (neighbors, ForceResult)`` for the integrators.
 
     Pass ``neighbors=None`` to build the list; afterwards the list is rebuilt only when an atom has
-    moved more than half the skin. The list is half for pair-only kernels, full for three-body
-    ones; a list of the other kind (say, rebuilt from a checkpoint) is built again, of the right
-    kind, from its own reference positions, so the run goes on exactly as before.
+    moved more than half the skin. The list is a half list, three-body kernels included; a full list
+    (say, from an older checkpoint) is built again as a half one from its own reference positions,
+    so the run goes on exactly as before.
+
+    The function carries what a compiled multi-step loop needs (see :mod:`simulate.integrate`):
+    ``force_fn.kernel_module``, ``force_fn.types``, ``force_fn.box_angstrom``,
+    ``force_fn.cutoff_angstrom`` (the list's) and ``force_fn.skin_angstrom``.
     """
     types = np.ascontiguousarray(types, dtype=np.int64)
     box = box_lengths(box)
     cutoff = interaction_cutoff_angstrom(kernel_module)
-    half = not has_threebody(kernel_module)
 
     def force_fn(positions, neighbors=None):
         positions = np.ascontiguousarray(positions, dtype=float)
         if neighbors is None:
-            neighbors = partition.neighbor_list(positions, box, cutoff, skin_angstrom, half=half)
+            neighbors = partition.neighbor_list(positions, box, cutoff, skin_angstrom, half=True)
         else:
-            if neighbors.half != half:
+            if not neighbors.half:
                 neighbors = partition.neighbor_list(neighbors.reference_positions, box, cutoff, skin_angstrom,
-                                                    half=half)
+                                                    half=True)
             neighbors = partition.update(neighbors, positions)
         return neighbors, compute_forces(kernel_module, positions, types, neighbors)
 
+    force_fn.kernel_module = kernel_module
+    force_fn.types = types
+    force_fn.box_angstrom = box
+    force_fn.cutoff_angstrom = cutoff
+    force_fn.skin_angstrom = float(skin_angstrom)
     return force_fn

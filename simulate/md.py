@@ -15,6 +15,10 @@
 ``last_good.xyz``
     only after a blow-up: the last frame that passed the checks (a checkpoint of it is written too).
 
+NVE and Nosé–Hoover steps between two outputs run as one compiled block (``Integrator.run``), which
+reaches the states of the plain ``step`` bit for bit; Langevin steps, and a step a block stops
+before (a list to widen, a failed check), are plain steps.
+
 A step fails when a position, velocity or force is not finite, a force exceeds
 ``max_force_ev_per_angstrom``, or two atoms come closer than ``min_distance_angstrom``; the run then
 raises :class:`SimulationBlowUp` naming the step and the atoms.
@@ -220,7 +224,7 @@ def read_checkpoint(path: Path) -> tuple[dict, dict]:
 
 def _restore(meta: dict, arrays: dict, masses, force_fn, box, cutoff, skin):
     """The integrator state at the checkpoint, rebuilt exactly (list from its reference positions)."""
-    neighbors = partition.neighbor_list(arrays["neighbor_reference_positions"], box, cutoff, skin)
+    neighbors = partition.neighbor_list(arrays["neighbor_reference_positions"], box, cutoff, skin, half=True)
     neighbors, force = force_fn(arrays["positions"], neighbors)
     base = (arrays["positions"], arrays["velocities"], masses, force, neighbors)
     thermostat = meta["settings"]["thermostat"]
@@ -340,11 +344,37 @@ def simulate(
         write_checkpoint(checkpoint_path, at_step, at_state, settings, trajectory.file_size(thermo_path),
                          trajectory.file_size(trajectory_path))
 
+    def next_output(at_step):
+        """The first step after ``at_step`` that writes something, or the last step."""
+        return min(steps, *((at_step // every + 1) * every for every in (thermo_every, trajectory_every,
+                                                                          checkpoint_every)))
+
+    def write_outputs(at_step, at_state):
+        if at_step % thermo_every == 0:
+            trajectory.append_text(thermo_path, _thermo_row(at_step, dt_fs, at_state, integrator, box))
+            if progress is not None:
+                progress(at_step, steps, time.perf_counter() - started)
+        if at_step % trajectory_every == 0:
+            trajectory.append_text(trajectory_path, _frame(at_step, dt_fs, at_state, species, box))
+        if at_step % checkpoint_every == 0 and at_step < steps:
+            checkpoint(at_step, at_state)
+
     start_step = step
     builds = 0
     started = time.perf_counter()
     try:
         while step < steps:
+            if integrator.run is not None:
+                # the steps up to the next output in one compiled loop, bit for bit those of step(); a step
+                # it stops before (a list to widen, a failed check) is taken by step() below
+                target = next_output(step)
+                state, done, block_builds = integrator.run(state, target - step, max_force_ev_per_angstrom,
+                                                           min_distance_angstrom)
+                step += done
+                builds += block_builds
+                if done and step == target:
+                    write_outputs(step, state)
+                    continue
             new_state = integrator.step(state)
             failure = _failure(new_state, species, box, step + 1, max_force_ev_per_angstrom,
                                min_distance_angstrom)
@@ -359,14 +389,7 @@ def simulate(
             builds += new_state.neighbors is not state.neighbors
             state = new_state
             step += 1
-            if step % thermo_every == 0:
-                trajectory.append_text(thermo_path, _thermo_row(step, dt_fs, state, integrator, box))
-                if progress is not None:
-                    progress(step, steps, time.perf_counter() - started)
-            if step % trajectory_every == 0:
-                trajectory.append_text(trajectory_path, _frame(step, dt_fs, state, species, box))
-            if step % checkpoint_every == 0 and step < steps:
-                checkpoint(step, state)
+            write_outputs(step, state)
     except KeyboardInterrupt:
         checkpoint(step, state)  # an interrupted run can be resumed
         raise

@@ -32,7 +32,6 @@ from simulate.errors import MldError
 from simulate.space import max_minimum_image_cutoff, minimum_image
 from simulate.units import ANGSTROM2_PER_FS_TO_1E9_M2_PER_S, SPEED_OF_LIGHT_CM_PER_FS, temperature_k
 
-
 # Below these, a diffusion coefficient is not to be trusted: the Einstein relation holds
 # only once a molecule has left its first-neighbour cage (MSD of a few Å², ~(2 Å)²), and
 # a fit over less than about a picosecond mostly sees the cage rattling of liquid water.

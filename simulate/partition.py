@@ -10,8 +10,9 @@ searching the cells around each atom (Allen & Tildesley, *Computer Simulation of
 Two kinds, both padded to a fixed width per atom:
 
 *full* (``half=False``)
-    both i→j and j→i are stored; the 27 cells around each atom are searched. Three-body terms
-    need it (every neighbour pair of a centre).
+    both i→j and j→i are stored; the 27 cells around each atom are searched. (The force loops of
+    :mod:`simulate.energy` take either kind; their three-body terms build their own short full
+    rows during the half-list pair pass.)
 *half* (``half=True``)
     each pair is stored once, so a pair force is evaluated once and applied to both atoms
     (Newton's third law): half the kernel calls. Atom i keeps the j in the 13 "forward" cells of
@@ -32,13 +33,23 @@ cutoff is at most half the box: the minimum-image distance moves by at most the 
 builds); a half list there keeps pair (i, j), i < j, in row i when i + j is even, else in row j,
 which halves every row on average. A cutoff beyond half the box would need several images of one
 atom and is refused.
+
+The whole build is one compiled function (:data:`BUILD`, serial and parallel), so the compiled
+multi-step loops of :mod:`simulate.integrate` rebuild their list exactly as :func:`neighbor_list` does.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import types
 from typing import NamedTuple
+
+# Idle OpenMP threads of Numba's parallel loops sleep instead of spinning (read once, when the first
+# parallel loop starts the threads). A spinning thread holds a core that other work or this
+# process's own serial code needs: on a machine whose cores are all busy, a parallel step then
+# stalls for whole time slices, ten times slower (measured on 2 cores). Set it to override.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numba
 import numpy as np
@@ -126,36 +137,46 @@ def _build_cells(positions, box, n_cells, list_cutoff, capacity, cell_start, cel
     # its own; rows are padded with −1 below instead
     neighbors = np.empty((n, capacity), dtype=np.int32)
     counts = np.empty(n, dtype=np.int32)
+    filled = np.empty(n, dtype=np.int64)
     rl2 = list_cutoff * list_cutoff
     for cell in prange(nx * ny * nz):
         cx = cell // (ny * nz)
         cy = (cell // nz) % ny
         cz = cell % nz
-        for p in range(cell_start[cell], cell_start[cell + 1]):
-            # a half list is kept in cell order: row p, entries a (see NeighborList)
-            row = p if half else cell_atoms[p]
-            xi, yi, zi = sx[p], sy[p], sz[p]
-            m = 0
-            for s in range(stencil.shape[0]):
-                ox, oy, oz = cx + stencil[s, 0], cy + stencil[s, 1], cz + stencil[s, 2]
-                # a neighbouring cell across an edge is seen through the image one box length away
-                kx, ky, kz = ox % nx, oy % ny, oz % nz
-                shift_x = box[0] * ((ox - kx) // nx)
-                shift_y = box[1] * ((oy - ky) // ny)
-                shift_z = box[2] * ((oz - kz) // nz)
-                other = (kx * ny + ky) * nz + kz
+        lo, hi = cell_start[cell], cell_start[cell + 1]
+        for p in range(lo, hi):
+            filled[p] = 0
+        # cell pair by cell pair, so each pair's image and bounds are worked out once, not once per atom;
+        # every row still gets its neighbours in stencil order, then in cell order
+        for s in range(stencil.shape[0]):
+            ox, oy, oz = cx + stencil[s, 0], cy + stencil[s, 1], cz + stencil[s, 2]
+            # a neighbouring cell across an edge is seen through the image one box length away
+            kx, ky, kz = ox % nx, oy % ny, oz % nz
+            shift_x = box[0] * ((ox - kx) // nx)
+            shift_y = box[1] * ((oy - ky) // ny)
+            shift_z = box[2] * ((oz - kz) // nz)
+            other = (kx * ny + ky) * nz + kz
+            for p in range(lo, hi):
+                # a half list is kept in cell order: row p, entries a (see NeighborList)
+                row = p if half else cell_atoms[p]
+                xi, yi, zi = sx[p] - shift_x, sy[p] - shift_y, sz[p] - shift_z
                 # own cell: every other atom (full), or only the later ones (half)
                 first = cell_start[other]
                 if other == cell and half:
                     first = p + 1
+                m = filled[p]
                 for a in range(first, cell_start[other + 1]):
-                    dx = xi - sx[a] - shift_x
-                    dy = yi - sy[a] - shift_y
-                    dz = zi - sz[a] - shift_z
+                    dx = xi - sx[a]
+                    dy = yi - sy[a]
+                    dz = zi - sz[a]
                     if dx * dx + dy * dy + dz * dz < rl2 and a != p:
                         if m < capacity:
                             neighbors[row, m] = a if half else cell_atoms[a]
                         m += 1
+                filled[p] = m
+        for p in range(lo, hi):
+            row = p if half else cell_atoms[p]
+            m = filled[p]
             counts[row] = m
             for k in range(m, capacity):
                 neighbors[row, k] = -1
@@ -219,6 +240,36 @@ _BUILD_CELLS = serial_and_parallel(_build_cells)
 _BUILD_BRUTE = serial_and_parallel(_build_brute)
 
 
+def _make_build(build_cells, build_brute):
+    """The whole build of a list, compiled, so that a compiled MD loop can rebuild its list itself."""
+
+    @numba.njit
+    def build(positions, box, n_cells, list_cutoff, capacity, half, brute):
+        """(neighbors, counts, order, layer_start, longest row); rows longer than ``capacity`` are cut short."""
+        n = positions.shape[0]
+        if brute:
+            order = np.arange(n)
+            layer_start = np.empty(2, dtype=np.int64)
+            layer_start[0] = 0
+            layer_start[1] = n
+            neighbors, counts = build_brute(positions, box, list_cutoff, capacity, half)
+        else:
+            cell_start, order, _ = _bin_atoms(positions, box, n_cells)
+            layer_start = cell_start[:: n_cells[1] * n_cells[2]].copy()
+            stencil = _HALF_STENCIL if half else _FULL_STENCIL
+            neighbors, counts = build_cells(positions, box, n_cells, list_cutoff, capacity, cell_start, order,
+                                            stencil, half)
+        needed = 0
+        for i in range(n):
+            needed = max(needed, counts[i])
+        return neighbors, counts, order, layer_start, needed
+
+    return build
+
+
+BUILD = (_make_build(_BUILD_CELLS[0], _BUILD_BRUTE[0]), _make_build(_BUILD_CELLS[1], _BUILD_BRUTE[1]))
+
+
 @numba.njit(cache=True)
 def max_displacement_angstrom(positions, reference_positions):
     """Largest distance any atom has moved from its reference position (Å)."""
@@ -274,24 +325,11 @@ def neighbor_list(
     n = len(positions)
     if capacity is None:
         capacity = _initial_capacity(n, box, list_cutoff, half)
-    parallel = use_parallel(n)
     brute = n_cells == (1, 1, 1)
-    if brute:
-        order = np.arange(n, dtype=np.int64)
-        layer_start = np.array([0, n], dtype=np.int64)
-    else:
-        cells = np.array(n_cells, dtype=np.int64)
-        cell_start, order, _ = _bin_atoms(positions, box, cells)
-        layer_start = np.ascontiguousarray(cell_start[:: n_cells[1] * n_cells[2]])
-        stencil = _HALF_STENCIL if half else _FULL_STENCIL
+    cells = np.array(n_cells, dtype=np.int64)
     while True:
-        if brute:
-            neighbors, counts = _BUILD_BRUTE[parallel](positions, box, list_cutoff, capacity, half)
-        else:
-            neighbors, counts = _BUILD_CELLS[parallel](
-                positions, box, cells, list_cutoff, capacity, cell_start, order, stencil, half
-            )
-        needed = int(counts.max()) if len(counts) else 0
+        neighbors, counts, order, layer_start, needed = BUILD[use_parallel(n)](
+            positions, box, cells, list_cutoff, capacity, bool(half), brute)
         if needed <= capacity:
             break
         capacity = needed + 8 + needed // 4  # rows overflowed: widen and search again

@@ -45,14 +45,18 @@ def annealed_water(tmp_path_factory):
 
 
 def run(integrator, state, steps):
-    """Final state and rows of (kinetic eV, conserved energy eV, max |total momentum| amu·Å/fs)."""
+    """Final state and rows of (kinetic eV, conserved energy eV, max |total momentum| amu·Å/fs) every SAMPLE_EVERY steps.
+
+    The steps between samples run as one compiled block (``Integrator.run``, bit for bit ``step``).
+    """
     samples = []
-    for step in range(steps):
-        state = integrator.step(state)
-        if step % SAMPLE_EVERY == 0:
-            samples.append((quantity.kinetic_energy_ev(state.velocities, state.masses),
-                            integrator.conserved_energy_ev(state),
-                            np.abs(quantity.total_momentum(state.velocities, state.masses)).max()))
+    for _ in range(steps // SAMPLE_EVERY):
+        state, done, _ = integrator.run(state, SAMPLE_EVERY, np.inf, 0.0)
+        for _ in range(SAMPLE_EVERY - done):  # a block stops early only where a list must be widened
+            state = integrator.step(state)
+        samples.append((quantity.kinetic_energy_ev(state.velocities, state.masses),
+                        integrator.conserved_energy_ev(state),
+                        np.abs(quantity.total_momentum(state.velocities, state.masses)).max()))
     return state, np.array(samples)
 
 
@@ -89,8 +93,11 @@ def test_nve_energy_drift_is_below_1e_4_ev_per_atom_over_5_ps(annealed_water):
 def test_nose_hoover_chain_holds_the_mean_temperature_within_2_percent(annealed_water):
     force_fn, positions, velocities, masses, _, _ = annealed_water
     nhc = integrate.nvt_nose_hoover(force_fn, dt_fs=DT_FS, temperature_k=TARGET_K, tau_fs=50.0)
-    state, samples = run(nhc, nhc.init(positions, velocities, masses), 10_000)
-    kinetic = samples[200:, 0]  # 1 ps to settle the thermostat; measured mean 297.5 K over 4 ps
+    state, samples = run(nhc, nhc.init(positions, velocities, masses), 40_000)
+    # 1 ps to settle the thermostat, then 19 ps: 96 atoms need a long run for 2%. Measured: 297.2 K;
+    # over 4 ps alone the mean scatters by ±4 K with the start (292.8, 301.4, 303.4, 300.5 K after
+    # annealing with seeds 1–4), and by as much with the last bit of the forces (chaos).
+    kinetic = samples[200:, 0]
     n_dof = quantity.degrees_of_freedom(len(masses))
     mean_k = 2.0 * kinetic.mean() / (n_dof * BOLTZMANN_EV_PER_K)
     assert mean_k == pytest.approx(TARGET_K, rel=0.02)

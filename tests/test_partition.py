@@ -23,12 +23,22 @@ def random_positions(n, box, seed):
     return np.random.default_rng(seed).uniform(-2, 3, (n, 3)) * box
 
 
-def test_cell_list_finds_exactly_the_brute_force_pairs():
-    box = np.array([16.0, 17.0, 18.5])
+@pytest.mark.parametrize(("box", "cutoff", "cells"), [
+    ((16.0, 17.0, 18.5), 4.0, (3, 3, 3)),
+    ((16.6, 24.0, 33.5), 4.5, (3, 4, 6)),  # three cells on one side, list cutoff a third of it
+])
+@pytest.mark.parametrize("half", [False, True])
+def test_cell_list_finds_exactly_the_brute_force_pairs(box, cutoff, cells, half):
+    box = np.array(box)
     positions = random_positions(600, box, 1)
-    nl = partition.neighbor_list(positions, box, cutoff_angstrom=4.0, skin_angstrom=1.0)
-    assert nl.cells_per_side == (3, 3, 3)
-    assert listed_pairs(nl) == reference_pairs(positions, box, 5.0)
+    nl = partition.neighbor_list(positions, box, cutoff_angstrom=cutoff, skin_angstrom=1.0, half=half)
+    assert nl.cells_per_side == cells
+    listed = listed_pairs(nl)
+    if half:  # rows in cell order, each pair once: back to atom indices, both ends
+        listed = {(int(nl.order[p]), int(nl.order[q])) for p, q in listed}
+        assert len(listed) == int(nl.counts.sum())
+        listed |= {(j, i) for i, j in listed}
+    assert listed == reference_pairs(positions, box, cutoff + 1.0)
     assert np.all(nl.counts <= nl.neighbors.shape[1])
 
 

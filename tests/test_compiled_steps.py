@@ -1,0 +1,137 @@
+"""The compiled multi-step loop and the parallel three-body passes give the same numbers as the plain path.
+
+``md.simulate`` runs NVE and Nosé–Hoover steps in compiled blocks between outputs
+(``Integrator.run``); ``integrate.*.step`` is the plain one-step path. The three-body passes of
+``simulate.energy`` run on short per-atom rows filled during the pair pass, in parallel; their sums
+must not depend on the number of threads, or a resumed run would not repeat an unbroken one.
+"""
+
+from pathlib import Path
+
+import numba
+import numpy as np
+import pytest
+
+from simulate import energy, md, partition, setup
+from simulate.kernels import load_kernel_module
+from tests.export_support import generated_kernels, manybody_water_model
+from tests.kernel_examples.starting_frames import argon_fcc, water32_frame
+
+EXAMPLES = Path(__file__).parent / "kernel_examples"
+
+
+@pytest.fixture(scope="module")
+def manybody(tmp_path_factory):
+    """The kernel module discover.codegen writes for a closed-form many-body water model."""
+    return generated_kernels(manybody_water_model(), tmp_path_factory.mktemp("manybody"))
+
+
+def stepwise(kernel, species, positions, box, velocities, thermostat, steps, dt_fs, skin):
+    """The final state and list-build count of ``steps`` plain ``step`` calls, from md.simulate's start."""
+    types = md.atom_types(kernel, species)
+    masses = np.asarray(kernel.MASSES_AMU)[types]
+    force_fn = energy.make_force_fn(kernel, types, box, skin)
+    integrator = md.make_integrator(force_fn, thermostat, dt_fs, 300.0, 100.0, 0.01, 0)
+    state = integrator.init(positions, setup.remove_com_momentum(velocities, masses), masses)
+    builds = 0
+    for _ in range(steps):
+        new = integrator.step(state)
+        builds += new.neighbors is not state.neighbors
+        state = new
+    return state, builds
+
+
+def assert_same_state(a, b):
+    assert np.array_equal(a.positions, b.positions)
+    assert np.array_equal(a.velocities, b.velocities)
+    assert np.array_equal(a.force.forces_ev_per_angstrom, b.force.forces_ev_per_angstrom)
+    assert np.array_equal(a.force.atom_loss_ev, b.force.atom_loss_ev)
+    assert a.force.energy_ev == b.force.energy_ev
+    assert a.force.virial_ev == b.force.virial_ev
+    assert np.array_equal(a.neighbors.reference_positions, b.neighbors.reference_positions)
+
+
+@pytest.mark.parametrize("thermostat", ["nve", "nose-hoover"])
+@pytest.mark.parametrize("cells", [3, 5])  # 108 atoms: all-pairs list; 500 atoms: cell list
+def test_compiled_run_is_bit_for_bit_the_stepwise_integrator(tmp_path, cells, thermostat):
+    kernel = load_kernel_module(EXAMPLES / "lj_argon.py")
+    species, positions, box = argon_fcc(cells)
+    masses = np.full(len(species), kernel.MASSES_AMU[0])
+    velocities = setup.maxwell_boltzmann(masses, 300.0, seed=5)
+    # a thin skin and a hot start: the list is rebuilt many times inside the compiled blocks
+    skin, dt, steps = 0.2, 2.0, 150
+    result = md.simulate(kernel, species, positions, box, velocities, steps=steps, dt_fs=dt, thermostat=thermostat,
+                         temperature_k=300.0, out_dir=tmp_path, skin_angstrom=skin, thermo_every=7,
+                         trajectory_every=1000, checkpoint_every=1000)
+    state, builds = stepwise(kernel, species, positions, box, velocities, thermostat, steps, dt, skin)
+    assert 5 < builds == result.neighbor_builds < steps // 2
+    assert result.state.neighbors.cells_per_side == ((1, 1, 1) if cells == 3 else (3, 3, 3))
+    assert_same_state(result.state, state)
+    if thermostat == "nose-hoover":
+        assert np.array_equal(result.state.chain.xi, state.chain.xi)
+        assert np.array_equal(result.state.chain.v_xi, state.chain.v_xi)
+
+
+def test_compiled_run_of_a_three_body_model_is_bit_for_bit_the_stepwise_integrator(tmp_path, manybody):
+    species, positions, box, velocities = water32_frame()
+    result = md.simulate(manybody, species, positions, box, velocities, steps=120, dt_fs=0.5, thermostat="nve",
+                         out_dir=tmp_path, thermo_every=9, trajectory_every=1000, checkpoint_every=1000)
+    state, builds = stepwise(manybody, species, positions, box, velocities, "nve", 120, 0.5, 1.0)
+    assert builds == result.neighbor_builds > 0
+    assert_same_state(result.state, state)
+
+
+def replicated_water(kernel, repeats):
+    species, positions, box, _ = water32_frame()
+    positions, species, box = setup.replicate(positions, species, box, repeats)
+    return md.atom_types(kernel, species), positions, box
+
+
+def test_three_body_sums_are_the_same_bit_for_bit_for_serial_parallel_and_any_thread_count(manybody):
+    types, positions, box = replicated_water(manybody, (4, 2, 2))  # 1536 atoms, 6 x-layers of cells
+    loops = energy.force_loops(manybody)
+    nl = partition.neighbor_list(positions, box, energy.interaction_cutoff_angstrom(manybody), 1.0, half=True)
+    assert nl.cells_per_side[0] >= 4
+    work = energy.workspace(loops, len(positions), box)
+    args = (positions, types, box, nl.neighbors, nl.counts, nl.order, nl.layer_start, loops.cutoff_angstrom,
+            loops.threebody_cutoff_angstrom, work)
+    serial = loops.half[0](*args)
+    threads = numba.get_num_threads()
+    try:
+        for count in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+            numba.set_num_threads(count)
+            parallel = loops.half[1](*args)
+            for a, b in zip(serial[:4], parallel[:4]):
+                assert np.array_equal(a, b)
+            assert serial[4:] == parallel[4:]
+    finally:
+        numba.set_num_threads(threads)
+    assert serial[6] > 10  # the short rows were really filled: a dozen or more atoms within r_3
+
+
+def test_three_body_forces_on_a_cell_list_equal_the_kernels_brute_force_reference(manybody):
+    types, positions, box = replicated_water(manybody, (3, 2, 2))  # 1152 atoms: cell list, half
+    force_fn = energy.make_force_fn(manybody, types, box)
+    neighbors, result = force_fn(positions, None)
+    assert neighbors.half and neighbors.cells_per_side != (1, 1, 1)
+    e_ref, f_ref, loss_ref = manybody.energy_forces(positions, types, box)
+    assert result.energy_ev == pytest.approx(e_ref, rel=1e-12)
+    np.testing.assert_allclose(result.forces_ev_per_angstrom, f_ref, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(result.atom_loss_ev, loss_ref, rtol=1e-10, atol=1e-10)
+    # and a full list gives the same numbers through the other pair loop
+    full = partition.neighbor_list(positions, box, energy.interaction_cutoff_angstrom(manybody), 1.0, half=False)
+    other = energy.compute_forces(manybody, positions, types, full)
+    np.testing.assert_allclose(other.forces_ev_per_angstrom, f_ref, rtol=1e-10, atol=1e-10)
+    assert other.virial_ev == pytest.approx(result.virial_ev, rel=1e-12)
+
+
+def test_short_three_body_rows_that_overflow_are_widened_not_truncated(manybody, monkeypatch):
+    types, positions, box = replicated_water(manybody, (1, 1, 1))
+    loops = energy.force_loops(manybody)
+    loops.workspaces.clear()
+    monkeypatch.setattr(energy, "triplet_capacity", lambda n_atoms, box, cutoff3: 2)
+    _, result = energy.make_force_fn(manybody, types, box)(positions, None)
+    assert loops.workspaces[len(positions)][6].shape[1] > 10  # widened from 2
+    e_ref, f_ref, _ = manybody.energy_forces(positions, types, box)
+    assert result.energy_ev == pytest.approx(e_ref, rel=1e-12)
+    np.testing.assert_allclose(result.forces_ev_per_angstrom, f_ref, rtol=1e-10, atol=1e-10)
