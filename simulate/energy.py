@@ -47,8 +47,8 @@ import numba
 import numpy as np
 from numba import prange
 
-from simulate import partition
-from simulate.kernels import has_threebody
+from simulate import partition, topology
+from simulate.kernels import has_threebody, is_molecular
 from simulate.space import box_lengths
 
 
@@ -547,8 +547,37 @@ def force_result(out) -> ForceResult:
 ForceFn = Callable[[np.ndarray, "partition.NeighborList | None"], "tuple[partition.NeighborList, ForceResult]"]
 
 
-def make_force_fn(kernel_module: ModuleType, types: np.ndarray, box, skin_angstrom: float = 1.0) -> ForceFn:
+_BONDED: dict = {}
+
+
+def bonded_loop(kernel_module: ModuleType):
+    """The compiled intramolecular correction of a molecular kernel module (see :mod:`simulate.topology`)."""
+    key = id(kernel_module)
+    cached = _BONDED.get(key)
+    if cached is None or cached[0] is not kernel_module:
+        cached = (kernel_module, topology.make_bonded_loop(kernel_module.intra_pair_energy_force,
+                                                           kernel_module.pair_energy_force))
+        _BONDED[key] = cached
+    return cached[1]
+
+
+def add_bonded(kernel_module: ModuleType, positions, types, box, bonded_pairs, result: ForceResult) -> ForceResult:
+    """``result`` of the neighbour loop with the intramolecular pairs' bonded laws in place of their pair laws."""
+    forces = result.forces_ev_per_angstrom.copy()
+    loss = result.atom_loss_ev.copy()
+    virial = np.zeros(len(positions))
+    energy = bonded_loop(kernel_module)(positions, types, box, bonded_pairs[0], bonded_pairs[1], forces, loss, virial)
+    return ForceResult(result.energy_ev + float(energy), forces, loss, result.virial_ev + float(virial.sum()),
+                       result.nearest_angstrom)
+
+
+def make_force_fn(kernel_module: ModuleType, types: np.ndarray, box, skin_angstrom: float = 1.0,
+                  molecules: np.ndarray | None = None) -> ForceFn:
     """``force_fn(positions, neighbors) -> (neighbors, ForceResult)`` for the integrators.
+
+    A molecular kernel module needs ``molecules``, the molecule of every atom (see
+    :func:`simulate.topology.assign_molecules`); its intramolecular pairs then interact by the
+    bonded laws, at any distance. Such a force function runs step by step (no compiled block).
 
     Pass ``neighbors=None`` to build the list; afterwards the list is rebuilt only when an atom has
     moved more than half the skin. The list is a half list, three-body kernels included; a full list
@@ -562,6 +591,11 @@ def make_force_fn(kernel_module: ModuleType, types: np.ndarray, box, skin_angstr
     types = np.ascontiguousarray(types, dtype=np.int64)
     box = box_lengths(box)
     cutoff = interaction_cutoff_angstrom(kernel_module)
+    bonded_pairs = None
+    if is_molecular(kernel_module):
+        if molecules is None:
+            raise topology.MoleculeError("a molecular kernel module needs the molecule of every atom")
+        bonded_pairs = topology.checked_intramolecular_pairs(molecules, types, kernel_module)
 
     def force_fn(positions, neighbors=None):
         positions = np.ascontiguousarray(positions, dtype=float)
@@ -572,8 +606,14 @@ def make_force_fn(kernel_module: ModuleType, types: np.ndarray, box, skin_angstr
                 neighbors = partition.neighbor_list(neighbors.reference_positions, box, cutoff, skin_angstrom,
                                                     half=True)
             neighbors = partition.update(neighbors, positions)
-        return neighbors, compute_forces(kernel_module, positions, types, neighbors)
+        result = compute_forces(kernel_module, positions, types, neighbors)
+        if bonded_pairs is not None:
+            result = add_bonded(kernel_module, positions, types, box, bonded_pairs, result)
+        return neighbors, result
 
+    if bonded_pairs is not None:
+        force_fn.molecules = np.asarray(molecules, dtype=np.int64)
+        return force_fn  # the compiled multi-step loop has no bonded pass: step by step
     force_fn.kernel_module = kernel_module
     force_fn.types = types
     force_fn.box_angstrom = box

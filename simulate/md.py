@@ -39,9 +39,10 @@ from types import ModuleType
 import numba
 import numpy as np
 
-from simulate import energy, integrate, partition, quantity, setup, trajectory
+from simulate import energy, integrate, partition, quantity, setup, topology, trajectory
 from simulate.errors import MldError
 from simulate.fileio import atomic_path
+from simulate.kernels import is_molecular
 from simulate.space import box_lengths, minimum_image
 
 CHECKPOINT_VERSION = 1
@@ -305,7 +306,13 @@ def simulate(
         raise MldError(f"need dt_fs > 0 and steps ≥ 0, got dt_fs={dt_fs}, steps={steps}")
     types = atom_types(kernel_module, species)
     masses = np.array(kernel_module.MASSES_AMU, dtype=float)[types]
-    force_fn = energy.make_force_fn(kernel_module, types, box, skin_angstrom)
+    molecules = None
+    if is_molecular(kernel_module):
+        # a molecular model's molecules: those of the starting frame (the same partition as any later
+        # frame of an intact run, so a resumed run gets the same ones), checked at every trajectory frame
+        bond_cutoffs = np.asarray(kernel_module.BOND_CUTOFF_ANGSTROM, dtype=float)
+        molecules = topology.assign_molecules(positions, box, types, bond_cutoffs)
+    force_fn = energy.make_force_fn(kernel_module, types, box, skin_angstrom, molecules)
     integrator = make_integrator(force_fn, thermostat, dt_fs, temperature_k, tau_fs, friction_per_fs, seed)
     settings = _settings(kernel_module, species, box, dt_fs, thermostat, temperature_k, tau_fs, friction_per_fs,
                          seed, skin_angstrom)
@@ -356,6 +363,12 @@ def simulate(
                 progress(at_step, steps, time.perf_counter() - started)
         if at_step % trajectory_every == 0:
             trajectory.append_text(trajectory_path, _frame(at_step, dt_fs, at_state, species, box))
+            if molecules is not None:
+                what = topology.dissociation(at_state.positions, box, types, molecules, bond_cutoffs, species)
+                if what:
+                    checkpoint(at_step, at_state)
+                    raise SimulationBlowUp(f"step {at_step}: {what}; a molecular model cannot follow a dissociation "
+                                           f"(frame in {trajectory_path})")
         if at_step % checkpoint_every == 0 and at_step < steps:
             checkpoint(at_step, at_state)
 

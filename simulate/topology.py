@@ -99,6 +99,19 @@ def intramolecular_pairs(molecules: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return i[order].astype(np.int64), j[order].astype(np.int64)
 
 
+def checked_intramolecular_pairs(molecules: np.ndarray, types: np.ndarray, kernel_module) -> tuple:
+    """``intramolecular_pairs`` of ``molecules``, each of a type pair the kernel module has a bonded law for."""
+    i, j = intramolecular_pairs(molecules)
+    has_law = np.asarray(kernel_module.INTRA_PAIR_TYPES, dtype=bool)
+    missing = np.flatnonzero(~has_law[types[i], types[j]])
+    if missing.size:
+        a, b = i[missing[0]], j[missing[0]]
+        species = kernel_module.SPECIES
+        raise MoleculeError(f"atoms {a} and {b} of molecule {molecules[a]} form a {species[types[a]]}–"
+                            f"{species[types[b]]} pair, and the model has no intramolecular law for it")
+    return i, j
+
+
 def dissociation(positions: np.ndarray, box, types: np.ndarray, molecules: np.ndarray,
                  bond_cutoffs: np.ndarray, species=None) -> str | None:
     """None if this frame's molecules are those of ``molecules``; else what changed, in words.

@@ -358,3 +358,56 @@ def test_a_bond_law_without_the_bond_minimum_is_rejected():
     assert check_equilibrium(spring, 1.56, 1.36, 1.70) == ""
     assert "no equilibrium" in check_equilibrium(repulsion, 1.56, 1.36, 1.70)
     assert "no equilibrium" in check_equilibrium(spring, 1.45, 1.36, 1.70)  # minimum in the wrong place
+
+
+# --- the simulator runs molecular kernels ---------------------------------------------------------
+
+
+def test_simulator_forces_of_a_molecular_model_equal_the_reference_small_and_replicated(water, molecular_kernels):
+    from simulate import energy, setup
+
+    _, kernels = molecular_kernels
+    for repeats in ((1, 1, 1), (2, 2, 2)):
+        positions, species, box = setup.replicate(water.positions[3], water.species, np.diag(water.cell[3]), repeats)
+        types = species_types(species, SPECIES)
+        molecules = simulate_topology.assign_molecules(positions, box, types, np.asarray(kernels.BOND_CUTOFF_ANGSTROM))
+        assert molecules.max() + 1 == 32 * int(np.prod(repeats))
+        _, result = energy.make_force_fn(kernels, types, box, molecules=molecules)(positions)
+        e_ref, f_ref, loss_ref = kernels.energy_forces(positions, types, box, molecules)
+        assert np.allclose(result.forces_ev_per_angstrom, f_ref, atol=1e-9)
+        assert np.isclose(result.energy_ev, e_ref, rtol=1e-12)
+        assert np.allclose(result.atom_loss_ev, loss_ref, atol=1e-9)
+
+
+def test_a_molecular_kernel_without_molecules_or_with_an_unknown_pair_is_refused(water, molecular_kernels):
+    from simulate import energy
+
+    _, kernels = molecular_kernels
+    types = species_types(water.species, SPECIES)
+    with pytest.raises(simulate_topology.MoleculeError, match="molecule of every atom"):
+        energy.make_force_fn(kernels, types, np.diag(water.cell[0]))
+    one_molecule = np.zeros(len(types), dtype=np.int64)  # O–O pairs inside a molecule: no law for them
+    with pytest.raises(simulate_topology.MoleculeError, match="no intramolecular law"):
+        energy.make_force_fn(kernels, types, np.diag(water.cell[0]), molecules=one_molecule)
+
+
+def test_molecular_md_conserves_energy_and_momentum_and_keeps_molecules(tmp_path, water, molecular_kernels):
+    import pandas as pd
+
+    from simulate import md
+
+    _, kernels = molecular_kernels
+    result = md.simulate(kernels, water.species, water.positions[0], np.diag(water.cell[0]),
+                         water.velocities[0], steps=2000, dt_fs=0.25, thermostat="nve", out_dir=tmp_path,
+                         thermo_every=20, trajectory_every=200)
+    thermo = pd.read_csv(result.thermo_path)
+    conserved = thermo["conserved_ev"].to_numpy()
+    assert np.ptp(conserved) / len(water.species) < 1e-4
+    masses = np.asarray(kernels.MASSES_AMU)[species_types(water.species, SPECIES)]
+    assert np.abs((masses[:, None] * result.state.velocities).sum(axis=0)).max() < 1e-10
+    types = species_types(water.species, SPECIES)
+    assert simulate_topology.dissociation(result.state.positions, np.diag(water.cell[0]), types,
+                                          simulate_topology.assign_molecules(
+                                              water.positions[0], np.diag(water.cell[0]), types,
+                                              np.asarray(kernels.BOND_CUTOFF_ANGSTROM)),
+                                          np.asarray(kernels.BOND_CUTOFF_ANGSTROM)) is None
