@@ -291,14 +291,14 @@ def test_molecular_kernel_forces_are_minus_the_energy_gradient_across_walls(wate
             assert abs(-(e_plus - e_minus) / (2 * h) - forces[atom, axis]) < 1e-5 * max(1.0, abs(forces[atom, axis]))
 
 
-def test_molecular_model_exports_to_ase_and_is_refused_by_pair_exports(tmp_path, water, typing, molecular_kernels):
+def test_molecular_model_exports_to_ase_and_is_refused_by_openmm_and_c(tmp_path, water, typing, molecular_kernels):
     from ase.io import read
 
     from discover.export import ExportError, Frame, export_model
     from discover.export.ase_calculator import MldCalculator
 
     model, kernels = molecular_kernels
-    for kind in ("lammps", "openmm", "c"):
+    for kind in ("openmm", "c"):
         with pytest.raises(ExportError, match="molecular topology") as info:
             export_model(kind, model, tmp_path / kind, Frame.from_dataset(water, 0))
         assert "\n" not in str(info.value)
@@ -411,3 +411,29 @@ def test_molecular_md_conserves_energy_and_momentum_and_keeps_molecules(tmp_path
                                               water.positions[0], np.diag(water.cell[0]), types,
                                               np.asarray(kernels.BOND_CUTOFF_ANGSTROM)),
                                           np.asarray(kernels.BOND_CUTOFF_ANGSTROM)) is None
+
+
+def test_lammps_runs_a_molecular_model_with_the_forces_of_mld(tmp_path, water, typing):
+    from discover.export import Frame, export_model
+    from discover.export.lammps import DUMP_FILE, read_dump
+    from tests.export_support import lammps_missing_reason, run_lammps
+
+    reason = lammps_missing_reason()
+    if reason:
+        pytest.skip(reason)
+    # the learned-looking law of a real molecular fit: tabulated, walls and all
+    frames = np.arange(0, 600, 60)
+    fit = fit_tabulated(water.positions[frames], water.forces[frames], water.cell[frames], water.species, SPECIES,
+                        np.arange(len(frames)), cutoff_angstrom=CUTOFF, typing=typing)
+    model = Model.from_tabulated(fit.model, bond_cutoff_angstrom=BOND_CUTOFFS)
+    frame = Frame.from_dataset(water, 5)
+    written = export_model("lammps", model, tmp_path, frame, ensemble="nve", steps=0, dump_every=1)
+    assert {p.name for p in written} >= {"mld.table", "mld_bonds.table", "data.lmp", "in.lammps"}
+    run_lammps(tmp_path)
+    (_, dump), = read_dump(tmp_path / DUMP_FILE)
+    forces = np.c_[dump["fx"], dump["fy"], dump["fz"]]
+    kernels = load_kernel_module(codegen.write_kernels(model, tmp_path / "k" / "kernels.py"))
+    types = species_types(water.species, SPECIES)
+    energy, reference, _ = kernels.energy_forces(water.positions[5], types, np.diag(water.cell[5]), typing.molecules)
+    assert np.abs(forces - reference).max() / np.abs(reference).max() < 1e-4
+    assert abs(dump["c_pe_atom"].sum() - energy) / abs(energy) < 1e-4

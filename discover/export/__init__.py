@@ -7,6 +7,10 @@ closed-form :class:`~discover.export.pairs.PairExpressions` (exact exports), see
 A many-body model (three-body terms, :mod:`discover.threebody`) is carried by ``ase`` (its kernels)
 and ``c`` (its closed-form triplet laws); ``lammps`` and ``openmm`` refuse it in one line rather
 than export its pair part alone.
+
+A molecular model (``--topology molecular``) is carried by ``ase`` (its kernels) and ``lammps``
+(``atom_style molecular``, a bond of its own law for every intramolecular pair, bonded pairs excluded
+from the pair style); ``openmm`` and ``c`` refuse it in one line.
 """
 
 from __future__ import annotations

@@ -129,6 +129,21 @@ class PairSource:
     def pair_names(self) -> list[str]:
         return pair_type_names(self.species)
 
+    # --- molecular sources only (see MOLECULAR_TARGETS) ---
+    bond_cutoff_angstrom: np.ndarray | None = None  # (S, S); None for an atomic model
+
+    @property
+    def is_molecular(self) -> bool:
+        return self.bond_cutoff_angstrom is not None
+
+    def intra_pairs(self) -> list[tuple[int, int, str]]:
+        """(a, b, name) of every intramolecular law, a ≤ b."""
+        return []
+
+    def intra_energy_force_over_r(self, type_i: int, type_j: int, r_angstrom: np.ndarray):
+        """(u in eV, −u'/r in eV/Å²) of the intramolecular law of (type_i, type_j), at any r."""
+        raise NotImplementedError
+
 
 class _KernelSource(PairSource):
     def __init__(self, module: ModuleType, label: str):
@@ -140,12 +155,26 @@ class _KernelSource(PairSource):
         self.masses_amu = tuple(float(m) for m in module.MASSES_AMU)
         self.cutoff_angstrom = float(module.CUTOFF_ANGSTROM)
         self.label = label
+        if is_molecular(module):
+            self.bond_cutoff_angstrom = np.asarray(module.BOND_CUTOFF_ANGSTROM, dtype=float)
 
-    def energy_force_over_r(self, type_i, type_j, r_angstrom):
+    def _evaluate(self, kernel, type_i, type_j, r_angstrom):
         r_angstrom = np.asarray(r_angstrom, dtype=float)
-        out = np.array([self.kernel_module.pair_energy_force(type_i, type_j, float(r)) for r in r_angstrom.ravel()])
+        out = np.array([kernel(type_i, type_j, float(r)) for r in r_angstrom.ravel()])
         out = out.reshape(r_angstrom.shape + (2,))
         return out[..., 0], out[..., 1]
+
+    def energy_force_over_r(self, type_i, type_j, r_angstrom):
+        return self._evaluate(self.kernel_module.pair_energy_force, type_i, type_j, r_angstrom)
+
+    def intra_pairs(self):
+        if not self.is_molecular:
+            return []
+        has_law = np.asarray(self.kernel_module.INTRA_PAIR_TYPES, dtype=bool)
+        return [(a, b, self.species[a] + self.species[b] + "_intra") for a, b in self.type_pairs() if has_law[a, b]]
+
+    def intra_energy_force_over_r(self, type_i, type_j, r_angstrom):
+        return self._evaluate(self.kernel_module.intra_pair_energy_force, type_i, type_j, r_angstrom)
 
 
 class _ExpressionSource(PairSource):
@@ -198,7 +227,7 @@ def model_expressions(model) -> PairExpressions:
 # rather than export its pair part alone
 THREEBODY_TARGETS = ("ase", "c")
 # exports that carry a molecular model (intramolecular laws on molecules fixed at the start)
-MOLECULAR_TARGETS = ("ase",)
+MOLECULAR_TARGETS = ("ase", "lammps")
 
 _NO_THREEBODY_FORM = {
     "lammps": ("the LAMMPS export has no pair style for it (threebody/table looks forces up at the nearest "
@@ -255,11 +284,7 @@ def _pair_source(model) -> PairSource:
 
 def _model_source(model, label: str) -> PairSource:
     if model.is_molecular:
-        # a molecular model is exported through its generated kernels only (see MOLECULAR_TARGETS)
-        source = PairSource()
-        source.species, source.masses_amu = model.species, model.masses_amu
-        source.cutoff_angstrom, source.label, source.model = model.cutoff_angstrom, label, model
-        return source
+        return _MolecularModelSource(model, label)
     if model.kind == "closed_form":
         source = _ExpressionSource(model_expressions(model), label)
     else:
@@ -268,6 +293,31 @@ def _model_source(model, label: str) -> PairSource:
     if model.threebody is not None:
         source.threebody_cutoff_angstrom = float(model.threebody.cutoff_angstrom)
     return source
+
+
+class _MolecularModelSource(PairSource):
+    """A molecular ``discover.model.Model``, closed-form or tabulated, evaluated numerically."""
+
+    def __init__(self, model, label: str):
+        self.model = model
+        self.species, self.masses_amu = model.species, model.masses_amu
+        self.cutoff_angstrom, self.label = model.cutoff_angstrom, label
+        self.bond_cutoff_angstrom = model.bond_cutoff_matrix()
+
+    def energy_force_over_r(self, type_i, type_j, r_angstrom):
+        r_angstrom = np.asarray(r_angstrom, dtype=float)
+        u, f = self.model.energy_and_force(int(pair_type_index(type_i, type_j, self.n_species)), r_angstrom)
+        return u, f / r_angstrom
+
+    def intra_pairs(self):
+        return [(a, b, name + "_intra") for (a, b), name in zip(self.type_pairs(), self.pair_names())
+                if name + "_intra" in self.model.pair_types]
+
+    def intra_energy_force_over_r(self, type_i, type_j, r_angstrom):
+        r_angstrom = np.asarray(r_angstrom, dtype=float)
+        name = pair_type_names(self.species)[int(pair_type_index(type_i, type_j, self.n_species))] + "_intra"
+        u, f = self.model.energy_and_force(self.model.pair_types.index(name), r_angstrom)
+        return u, f / r_angstrom
 
 
 def tabulation_grid(inner_angstrom: float, cutoff_angstrom: float, n_points: int, spacing: str) -> np.ndarray:
