@@ -223,11 +223,11 @@ def _topology_lines(model: Model) -> list[str]:
             f"INTRA_PAIR_TYPES = {rows(has_law, lambda v: repr(bool(v)))}", ""]
 
 
-_ENERGY_FORCES = '''
+_PAIR_SUM = '''
 
 @numba.njit(cache=False)
-def energy_forces(positions, types, box):
-    """O(N²) minimum-image reference: (energy eV, forces (N,3) eV/Å, per-atom loss H_k (N,) eV)."""
+def {function}(positions, types, box{molecules}):
+    """{doc}"""
     n = positions.shape[0]
     forces = np.zeros((n, 3))
     loss = np.zeros(n)
@@ -241,19 +241,43 @@ def energy_forces(positions, types, box):
             dy -= box[1] * round(dy / box[1])
             dz -= box[2] * round(dz / box[2])
             r = math.sqrt(dx * dx + dy * dy + dz * dz)
-            if r < CUTOFF_ANGSTROM:
-                e, f = pair_energy_force(types[i], types[j], r)
-                energy += e
-                loss[i] += e
-                loss[j] += e
-                forces[i, 0] += f * dx
-                forces[i, 1] += f * dy
-                forces[i, 2] += f * dz
-                forces[j, 0] -= f * dx
-                forces[j, 1] -= f * dy
-                forces[j, 2] -= f * dz
+{select}
+            energy += e
+            loss[i] += e
+            loss[j] += e
+            forces[i, 0] += f * dx
+            forces[i, 1] += f * dy
+            forces[i, 2] += f * dz
+            forces[j, 0] -= f * dx
+            forces[j, 1] -= f * dy
+            forces[j, 2] -= f * dz
     return energy, forces, loss
 '''
+
+_ATOMIC_SELECT = """\
+            if r >= CUTOFF_ANGSTROM:
+                continue
+            e, f = pair_energy_force(types[i], types[j], r)"""
+
+_MOLECULAR_SELECT = """\
+            if molecules[i] == molecules[j]:
+                e, f = intra_pair_energy_force(types[i], types[j], r)
+            elif r < CUTOFF_ANGSTROM:
+                e, f = pair_energy_force(types[i], types[j], r)
+            else:
+                continue"""
+
+
+def pair_sum_source(function: str = "energy_forces", molecular: bool = False) -> str:
+    """The O(N²) minimum-image pair sum of a kernel module (atomic, or molecular with a ``molecules`` argument)."""
+    if molecular:
+        doc = ("O(N²) minimum-image reference of a molecular model: atoms of one molecule (``molecules[i]``, an\n"
+               "    integer per atom) interact by the bonded law at any distance, all other pairs by the pair law below\n"
+               "    the cutoff. Returns (energy eV, forces (N,3) eV/Å, per-atom loss H_k (N,) eV).")
+    else:
+        doc = "O(N²) minimum-image reference: (energy eV, forces (N,3) eV/Å, per-atom loss H_k (N,) eV)."
+    return _PAIR_SUM.format(function=function, molecules=", molecules" if molecular else "", doc=doc,
+                            select=_MOLECULAR_SELECT if molecular else _ATOMIC_SELECT)
 
 
 def _triplet_law_lines(name: str, w: sympy.Expr) -> list[str]:
@@ -359,43 +383,6 @@ def _triplet_dispatch(model: Model) -> list[str]:
     return lines
 
 
-_MOLECULAR_ENERGY_FORCES = '''
-
-@numba.njit(cache=False)
-def energy_forces(positions, types, box, molecules):
-    """O(N²) minimum-image reference of a molecular model: atoms of one molecule (``molecules[i]``, an
-    integer per atom) interact by the bonded law at any distance, all other pairs by the pair law below
-    the cutoff. Returns (energy eV, forces (N,3) eV/Å, per-atom loss H_k (N,) eV)."""
-    n = positions.shape[0]
-    forces = np.zeros((n, 3))
-    loss = np.zeros(n)
-    energy = 0.0
-    for i in range(n):
-        for j in range(i + 1, n):
-            dx = positions[i, 0] - positions[j, 0]
-            dy = positions[i, 1] - positions[j, 1]
-            dz = positions[i, 2] - positions[j, 2]
-            dx -= box[0] * round(dx / box[0])
-            dy -= box[1] * round(dy / box[1])
-            dz -= box[2] * round(dz / box[2])
-            r = math.sqrt(dx * dx + dy * dy + dz * dz)
-            if molecules[i] == molecules[j]:
-                e, f = intra_pair_energy_force(types[i], types[j], r)
-            elif r < CUTOFF_ANGSTROM:
-                e, f = pair_energy_force(types[i], types[j], r)
-            else:
-                continue
-            energy += e
-            loss[i] += e
-            loss[j] += e
-            forces[i, 0] += f * dx
-            forces[i, 1] += f * dy
-            forces[i, 2] += f * dz
-            forces[j, 0] -= f * dx
-            forces[j, 1] -= f * dy
-            forces[j, 2] -= f * dz
-    return energy, forces, loss
-'''
 
 
 _TRIPLET_ENERGY_FORCES = '''
@@ -466,10 +453,10 @@ def kernel_source(model: Model) -> str:
     lines += _dispatch(model)
     if model.is_molecular:
         lines += _dispatch(model, intramolecular=True)
-        lines.append(_MOLECULAR_ENERGY_FORCES)
+        lines.append(pair_sum_source(molecular=True))
         return "\n".join(lines)
     if term is None:
-        lines.append(_ENERGY_FORCES)
+        lines.append(pair_sum_source())
         return "\n".join(lines)
     if isinstance(term, threebody.ThreeBodyTable):
         lines += _triplet_table_lines(term)
@@ -477,7 +464,7 @@ def kernel_source(model: Model) -> str:
         for name, w in term.expressions.items():
             lines += _triplet_law_lines(name, w)
     lines += _triplet_dispatch(model)
-    lines.append(_ENERGY_FORCES.replace("def energy_forces(", "def pair_energy_forces("))
+    lines.append(pair_sum_source("pair_energy_forces"))
     lines.append(_TRIPLET_ENERGY_FORCES)
     return "\n".join(lines)
 
