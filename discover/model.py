@@ -28,8 +28,7 @@ A closed-form pair energy is u(r) − u(r_c) − (r − r_c) u'(r_c) for r_min �
 zero beyond r_c, and the C¹ wall of ``force_matching.repulsive_core`` below r_min.
 
 A molecular model has, after the species pairs (its intermolecular laws), intramolecular laws such as
-``OH_intra`` with an ``r_max_angstrom``: bonded laws, u(r) itself on [r_min, r_max] (no cutoff, no
-shift), the wall below r_min and ``force_matching.outer_wall`` beyond r_max. Atoms closer than the
+``OH_intra`` with an ``r_max_angstrom``: bonded laws, u(r) − u(r_max) on [r_min, r_max] (no cutoff), the wall below r_min and ``force_matching.outer_wall`` beyond r_max. Atoms closer than the
 bond cutoff of their species pair are bonded, and a molecule is a connected group of bonded atoms.
 
 A many-body model adds a three-body term w(r1, r2, c) per triplet type ``BAC`` (centre A, neighbours
@@ -233,8 +232,11 @@ class PairLaw:
         return self.r_max_angstrom if self.bonded else self.cutoff_angstrom
 
     def body(self) -> sympy.Expr:
-        """u(r) for r_min ≤ r < r_end: the shifted-force law, or the bonded law as it is."""
-        return self.expression if self.bonded else symbolic.shifted_force(self.expression, self.cutoff_angstrom)
+        """u(r) for r_min ≤ r < r_end: the shifted-force law, or the bonded law shifted to zero at r_max
+        (a bonded law's constant is arbitrary; the tables' is the same)."""
+        if self.bonded:
+            return self.expression - sympy.Float(symbolic.value_at(self.expression, self.r_max_angstrom))
+        return symbolic.shifted_force(self.expression, self.cutoff_angstrom)
 
     def _value_and_slope(self, r0: float) -> tuple[float, float]:
         body = self.body()

@@ -318,7 +318,7 @@ def equations_markdown(model) -> str:
             "Molecular topology: atoms closer than the bond cutoff of their species pair are bonded",
             f"({bonds}), and a molecule is a connected group of bonded atoms, assigned on the starting frame.",
             "The species-pair laws act between molecules; a `_intra` law acts between atoms of one molecule,",
-            "at any distance: as it is (no shift) on its sampled range [r_min, r_max], with the repulsive wall",
+            "at any distance: u(r) − u(r_max) on its sampled range [r_min, r_max], with the repulsive wall",
             "below r_min and the outer wall `discover.force_matching.outer_wall` (the wall mirrored) beyond r_max.",
             "",
         ]
