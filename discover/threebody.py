@@ -24,7 +24,9 @@ Two representations of w, both used by ``discover.model`` and ``discover.codegen
   It is fitted on forces jointly with the pair B-splines of ``force_matching`` (``fit_manybody_tabulated``).
 * ``ThreeBodyLaws``: a closed form per triplet type, a sympy expression of ``r1``, ``r2``, ``c``
   (e.g. Stillinger–Weber λ e^{γ/(r1−r_3)} e^{γ/(r2−r_3)} (c − c0)²), refitted jointly with the
-  closed-form pair laws by nonlinear least squares (``fit_manybody_closed_form``).
+  closed-form pair laws by nonlinear least squares (``fit_manybody_closed_form``). Forces on intact
+  water leave the energy of H3O+ + OH− to chance, so the refit carries one physics prior: moving a
+  proton onto its hydrogen-bond acceptor must cost energy (``PROTON_TRANSFER_MARGIN_EV``).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from discover.invariants import (
 )
 from discover.metrics import force_errors
 from simulate.errors import MldError
-from simulate.space import box_lengths
+from simulate.space import box_lengths, minimum_image
 
 DEFAULT_THREEBODY_CUTOFF_ANGSTROM = 3.2
 THREEBODY_CUTOFF_GRID = (2.8, 3.2, 3.6)
@@ -606,11 +608,17 @@ class ThreeBodyLaws:
 # --- closed forms: families, joint refit with the pair laws, selection ---------------------------------
 
 # family -> (description, number of constants for a type with like / unlike neighbours)
-FAMILIES = ("stillinger_weber", "gaussian_quadratic", "gaussian_cubic")
+GAUSSIAN_CENTRE_MIN_ANGSTROM = 0.5  # radial Gaussian centres lie between this and r_3
+GAUSSIAN_INVERSE_WIDTH_RANGE_PER_ANGSTROM = (0.3, 10.0)  # radial Gaussians 0.1 to 3.3 Å wide
+KNOWN_FAMILIES = ("stillinger_weber", "gaussian_quadratic", "gaussian_cubic")
+# the families a discovery tries. gaussian_cubic is left out for the time budget: with the
+# proton-transfer prior its refit took 80 s for 0.105 where gaussian_quadratic's reached 0.102 (measured)
+FAMILIES = ("stillinger_weber", "gaussian_quadratic")
 # starting radial centre (Å) of a neighbour, by the species pair it makes with the centre
 _START_CENTRE_ANGSTROM = {True: 2.8, False: 1.0}  # like species (O–O first shell) / unlike (O–H bond)
 DEFAULT_REFIT_FRAMES = 8  # 8 frames: 0.0995 in 113 s; 24 frames: 0.0978 in 512 s (measured)
 DEFAULT_TOLERANCE = 0.03
+REFIT_MAX_EVALUATIONS = 200  # per least-squares run, two with the proton-transfer prior: 0.102 (400: 0.099 in 1.6× the time)
 # MD stability screen: force matching on intact water never sees H3O+/OH−, so the energy of an O with a
 # third H (one more H–O–H triplet) is left to chance; the shipped gaussian_cubic fit of 8 frames made
 # proton transfer nearly thermoneutral and broke 5 of 32 molecules within 3 ps, while refits of the same
@@ -621,12 +629,14 @@ SCREEN_FRAME_EVERY = 100
 
 
 def family_template(family: str, name: str, cutoff: float):
-    """(template w of R1, R2, C with symbols for its constants, the constant symbols, starting values).
+    """(template w of R1, R2, C with symbols for its constants, the constant symbols, starting values,
+    (lower, upper) bounds of each constant for the refit).
 
     ``stillinger_weber``: λ e^{γ1/(r1−a)} e^{γ2/(r2−a)} (c − c0)², a = r_3 (γ1 = γ2 when both neighbours
     are of one species), after Stillinger & Weber, Phys. Rev. B 31, 5262 (1985).
     ``gaussian_quadratic``, ``gaussian_cubic``: separable g1(r1) g2(r2) P(c) with Gaussian radial
-    weights g(r) = e^{−b (r − m)²} (1 − (r/a)²)³ and a free polynomial P of degree 2 or 3 in c.
+    weights g(r) = e^{−(b (r − m))²} (1 − (r/a)²)³ and a free polynomial P of degree 2 or 3 in c;
+    b within GAUSSIAN_INVERSE_WIDTH_RANGE_PER_ANGSTROM and m within GAUSSIAN_CENTRE_MIN_ANGSTROM to a.
     """
     a = sympy.nsimplify(cutoff)  # exact, so the cutoff is not taken for a fitted constant
     same = name[0] == name[2]
@@ -636,20 +646,29 @@ def family_template(family: str, name: str, cutoff: float):
     gammas = [g1] if same else [g1, g2]
     if family == "stillinger_weber":
         lam, c0 = sympy.symbols(f"{name}_lambda {name}_c0", real=True)
-        return lam * radial * (C - c0) ** 2, [lam, *gammas, c0], [0.01, *[1.0] * len(gammas), -0.3]
+        free = (-np.inf, np.inf)
+        return (lam * radial * (C - c0) ** 2, [lam, *gammas, c0], [0.01, *[1.0] * len(gammas), -0.3],
+                [free] * (len(gammas) + 2))
     if family in ("gaussian_quadratic", "gaussian_cubic"):
-        degree = 2 if family == "gaussian_quadratic" else 3
+        degree = 3 if family == "gaussian_cubic" else 2
         k = sympy.symbols(f"{name}_k0:{degree + 1}", real=True)
+        # b and m are bounded in the refit (GAUSSIAN_INVERSE_WIDTH_RANGE_PER_ANGSTROM, GAUSSIAN_CENTRE_MIN_ANGSTROM
+        # to r_3): with them free, the refit grew e^{+24 (r − 2.65)²} walls on O–O–O where O–O pairs are
+        # never sampled and MD blew up on them, or parked O–O–O and O–O–H Gaussians at m ≈ −22 Å where
+        # they vanish, and g_OO's first peak came out 12 % low (measured)
         b1, b2, m1, m2 = sympy.symbols(f"{name}_b1 {name}_b2 {name}_m1 {name}_m2", real=True)
         b2, m2 = (b1, m1) if same else (b2, m2)
         cut1, cut2 = (1 - (R1 / a) ** 2) ** 3, (1 - (R2 / a) ** 2) ** 3
-        radial = cut1 * cut2 * sympy.exp(-b1 * (R1 - m1) ** 2) * sympy.exp(-b2 * (R2 - m2) ** 2)
+        radial = cut1 * cut2 * sympy.exp(-(b1 * (R1 - m1)) ** 2) * sympy.exp(-(b2 * (R2 - m2)) ** 2)
+        neighbours = (name[0],) if same else (name[0], name[2])
         shape = [b1, m1] if same else [b1, b2, m1, m2]
-        starts = ([1.0, _START_CENTRE_ANGSTROM[name[0] == name[1]]] if same else
-                  [1.0, 1.0, _START_CENTRE_ANGSTROM[name[0] == name[1]], _START_CENTRE_ANGSTROM[name[2] == name[1]]])
+        starts = [1.0] * len(neighbours) + [_START_CENTRE_ANGSTROM[n == name[1]] for n in neighbours]
+        width_bounds, centre_bounds = GAUSSIAN_INVERSE_WIDTH_RANGE_PER_ANGSTROM, (GAUSSIAN_CENTRE_MIN_ANGSTROM, cutoff)
+        shape_bounds = [width_bounds] * len(neighbours) + [centre_bounds] * len(neighbours)
         polynomial = sum(k[n] * C**n for n in range(degree + 1))
-        return radial * polynomial, [*k, *shape], [0.0] * degree + [0.01] + starts
-    raise ThreeBodyError(f"unknown three-body family {family!r} (known: {', '.join(FAMILIES)})")
+        free = (-np.inf, np.inf)
+        return radial * polynomial, [*k, *shape], [0.0] * degree + [0.01] + starts, [free] * len(k) + shape_bounds
+    raise ThreeBodyError(f"unknown three-body family {family!r} (known: {', '.join(KNOWN_FAMILIES)})")
 
 
 @dataclass(frozen=True)
@@ -681,6 +700,115 @@ def _frame_data(positions, forces, cells, species, species_names, frames, cutoff
                       len(frames) * len(species))
 
 
+# --- a physics prior: moving a proton onto its hydrogen-bond acceptor costs energy ----------------------
+#
+# Force matching on intact water cannot tell the energy of one H–O–H triplet from that of two O–H
+# pairs: for an O with its two bonded H both give the same forces to first order. Yet the difference
+# is the cost of autoionisation. Moving one H from its O onto the neighbouring O keeps the number of
+# O–H bonds (pair terms barely change) but turns two waters (1 + 1 bonded H–O–H triplets) into H3O+
+# and OH− (3 + 0), so a w_HOH that is negative at bonded distances makes the ion pair cheaper than
+# water, and MD breaks molecules (measured: gaussian_quadratic and gaussian_cubic fits gave ΔE down to
+# −0.18 eV, and broke 6–9 % of the molecules within 2 ps). CP2K itself (GFN1-xTB single points, the
+# settings of the shipped data) gives ΔE = 2.3–3.5 eV for 18 such moves on frames 0, 600 and 1200,
+# so a floor well below that, PROTON_TRANSFER_MARGIN_EV, is a safe prior: the refit pays a soft
+# penalty for every moved configuration whose model energy is not at least that much above its frame.
+PROTON_TRANSFER_MARGIN_EV = 0.5
+PROTON_TRANSFER_BOND_ANGSTROM = 1.0  # the moved H sits this far from its new O: a covalent O–H bond
+PROTON_TRANSFER_MAX_ACCEPTOR_ANGSTROM = 2.5  # only H bonded to an acceptor this close are moved
+PROTON_TRANSFER_MOVES_PER_FRAME = 4
+# the penalty residual of a configuration short of the margin by PROTON_TRANSFER_SLACK_EV equals the
+# root of its share of the whole force misfit at a relative force error of one. 0.5 eV: 0.102 and
+# ΔE ≥ 0.71 eV on validation moves for gaussian_quadratic; 0.05 eV (a near-hard bound) sent a
+# Levenberg–Marquardt refit to a minimum of relative force error 0.21 (measured)
+PROTON_TRANSFER_SLACK_EV = 0.5
+PROTON_TRANSFER_PROBE_FRAMES = 4  # validation frames on which every candidate's ΔE is reported
+
+
+def proton_transfer_moves(positions: np.ndarray, cell: np.ndarray, species, n_moves: int, *,
+                          proton: str = "H", acceptor: str = "O",
+                          bond_angstrom: float = PROTON_TRANSFER_BOND_ANGSTROM,
+                          max_acceptor_angstrom: float = PROTON_TRANSFER_MAX_ACCEPTOR_ANGSTROM):
+    """``(hydrogens (M,), moved positions (M,3))``: up to ``n_moves`` protons put onto their acceptor.
+
+    Every H belongs to its nearest O (its donor); its acceptor is the nearest other O. The H moves
+    onto the line from the acceptor through the H, ``bond_angstrom`` from the acceptor: a vertical
+    proton transfer that leaves H3O+ beside OH−. The H with the shortest H···acceptor distances
+    (at most ``max_acceptor_angstrom``) are taken, the most likely transfers. No move without both species.
+    """
+    species = np.asarray(species).astype(str)
+    hydrogens, oxygens = np.flatnonzero(species == proton), np.flatnonzero(species == acceptor)
+    if len(hydrogens) == 0 or len(oxygens) < 2:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 3))
+    vectors = minimum_image(positions[hydrogens][:, None, :] - positions[oxygens][None, :, :], cell)
+    distances = np.linalg.norm(vectors, axis=2)
+    nearest = np.argsort(distances, axis=1)[:, :2]
+    rows = np.arange(len(hydrogens))
+    to_acceptor = distances[rows, nearest[:, 1]]
+    chosen = [h for h in np.argsort(to_acceptor, kind="stable")[:n_moves] if to_acceptor[h] <= max_acceptor_angstrom]
+    chosen = np.asarray(chosen, dtype=np.int64)
+    acceptors = oxygens[nearest[chosen, 1]]
+    unit = vectors[chosen, nearest[chosen, 1]] / to_acceptor[chosen, None]
+    return hydrogens[chosen], positions[acceptors] + bond_angstrom * unit
+
+
+def proton_transfer_energies(model, positions: np.ndarray, cell: np.ndarray, species, n_moves: int,
+                             **options) -> np.ndarray:
+    """E(moved) − E(frame) in eV for each move of :func:`proton_transfer_moves`, with the whole model."""
+    start = frame_energy_forces(model, positions, cell, species)[0]
+    out = []
+    for atom, new in zip(*proton_transfer_moves(positions, cell, species, n_moves, **options)):
+        moved = positions.copy()
+        moved[atom] = new
+        out.append(frame_energy_forces(model, moved, cell, species)[0] - start)
+    return np.asarray(out)
+
+
+@dataclass(frozen=True)
+class _EnergyDifferences:
+    """E(moved) − E(start) of configurations that differ in one atom, as signed sums of the terms it is in.
+
+    ``pairs[t] = (r, sign, config)`` and ``triplets[t] = (r1, r2, cos, sign, config)``: sign +1 for a
+    term of the moved configuration, −1 for one of the starting frame; ``config`` numbers the moves.
+    """
+
+    pairs: tuple
+    triplets: tuple
+    n_configs: int
+
+
+def _proton_transfer_differences(positions, cells, species, species_names, frames, cutoff, cutoff3,
+                                 n_moves: int) -> _EnergyDifferences:
+    species = np.asarray(species).astype(str)
+    types = species_types(species, species_names)
+    n_species = len(species_names)
+    pair_parts = [[] for _ in pair_type_names(species_names)]
+    triplet_parts = [[] for _ in triplet_type_names(species_names)]
+    config = 0
+    for f in frames:
+        for atom, new in zip(*proton_transfer_moves(positions[f], cells[f], species, n_moves)):
+            moved = positions[f].copy()
+            moved[atom] = new
+            for sign, frame in ((-1.0, positions[f]), (1.0, moved)):
+                pairs = pair_table(frame, cells[f], types, cutoff, n_species)
+                touched = (pairs.i == atom) | (pairs.j == atom)
+                for t, part in enumerate(pair_parts):
+                    r = pairs.r[touched & (pairs.pair_type == t)]
+                    part.append((r, np.full(r.shape, sign), np.full(r.shape, config)))
+                tri = triplet_table(frame, cells[f], types, cutoff3, n_species)
+                touched = (tri.k == atom) | (tri.j == atom) | (tri.l == atom)
+                for t, part in enumerate(triplet_parts):
+                    sel = touched & (tri.triplet_type == t)
+                    part.append((tri.r1[sel], tri.r2[sel], tri.cos[sel], np.full(sel.sum(), sign),
+                                 np.full(sel.sum(), config)))
+            config += 1
+
+    def join(parts, width):
+        return tuple(np.concatenate([p[k] for p in parts]) if parts else np.zeros(0) for k in range(width))
+
+    return _EnergyDifferences(tuple(join(p, 3) for p in pair_parts), tuple(join(p, 5) for p in triplet_parts),
+                              config)
+
+
 class _JointLaws:
     """Pair laws (shifted force) and three-body templates with one flat vector of constants."""
 
@@ -690,12 +818,16 @@ class _JointLaws:
         self.pair_index = {n: pair_names.index(n) for n in pair_templates}
         self.triplet_index = {n: triplet_names.index(n) for n in three_templates}
         self.blocks = []  # (kind, name, symbols, value function, gradient function)
+        self.energies = []  # per block: (energy function, its gradient in the constants)
         for name, template in pair_templates.items():
             symbols = pair_symbols[name]
             du = sympy.diff(template, symbolic.R)
             args = [symbolic.R, *symbols]
             self.blocks.append(("pair", name, symbols, sympy.lambdify(args, du, "numpy", cse=True),
                                 sympy.lambdify(args, [sympy.diff(du, s) for s in symbols], "numpy", cse=True)))
+            self.energies.append((sympy.lambdify(args, template, "numpy", cse=True),
+                                  sympy.lambdify(args, [sympy.diff(template, s) for s in symbols], "numpy",
+                                                 cse=True)))
         for name, template in three_templates.items():
             symbols = three_symbols[name]
             grads = [sympy.diff(template, v) for v in (R1, R2, C)]
@@ -703,6 +835,9 @@ class _JointLaws:
             self.blocks.append(("three", name, symbols, sympy.lambdify(args, grads, "numpy", cse=True),
                                 sympy.lambdify(args, [[sympy.diff(g, s) for g in grads] for s in symbols], "numpy",
                                                cse=True)))
+            self.energies.append((sympy.lambdify(args, template, "numpy", cse=True),
+                                  sympy.lambdify(args, [sympy.diff(template, s) for s in symbols], "numpy",
+                                                 cse=True)))
         sizes = [len(b[2]) for b in self.blocks]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
 
@@ -751,14 +886,111 @@ class _JointLaws:
         return np.where(np.isfinite(jac), jac, 0.0)
 
 
-def _joint_refit(laws: _JointLaws, x0: np.ndarray, data: _FrameData) -> np.ndarray:
+    def _energy_terms(self, b: int, theta, parts, gradient: bool):
+        """Per-term energies (T,) of block b on the terms of ``parts``, or their gradients (n_constants, T)."""
+        kind = self.blocks[b][0]
+        function = self.energies[b][1 if gradient else 0]
+        with np.errstate(all="ignore"):
+            if kind == "three":
+                r1, r2, cos = parts[:3]
+                out = function(r1, r2, cos, *theta)
+                return np.array([np.broadcast_to(np.asarray(v, float), r1.shape) for v in out] if gradient
+                                else np.broadcast_to(np.asarray(out, float), r1.shape))
+            # the pair laws act with the shifted-force cutoff: u(r) − u(r_c) − (r − r_c) u'(r_c)
+            r, rc = parts[0], np.float64(self.cutoff)
+            slope = self.blocks[b][4 if gradient else 3](rc, *theta)
+            if not gradient:
+                return np.broadcast_to(np.asarray(function(r, *theta), float), r.shape) - float(function(rc, *theta)) \
+                    - (r - rc) * float(slope)
+            return np.array([np.broadcast_to(np.asarray(g, float), r.shape) - float(g_rc) - (r - rc) * float(s_rc)
+                             for g, g_rc, s_rc in zip(function(r, *theta), function(rc, *theta), slope)])
+
+    def _energy_parts(self, b: int, differences: _EnergyDifferences):
+        kind, name = self.blocks[b][:2]
+        return (differences.pairs[self.pair_index[name]] if kind == "pair"
+                else differences.triplets[self.triplet_index[name]])
+
+    def energy_differences(self, x, differences: _EnergyDifferences) -> np.ndarray:
+        """E(moved) − E(start) in eV of each configuration of ``differences``."""
+        total = np.zeros(differences.n_configs)
+        for b in range(len(self.blocks)):
+            parts = self._energy_parts(b, differences)
+            terms = self._energy_terms(b, x[self.offsets[b]:self.offsets[b + 1]], parts, gradient=False)
+            total += np.bincount(parts[-1].astype(np.int64), parts[-2] * terms, minlength=differences.n_configs)
+        return total
+
+    def energy_jacobian(self, x, differences: _EnergyDifferences) -> np.ndarray:
+        """(n_configs, n_constants): ∂(E(moved) − E(start))/∂constants."""
+        columns = []
+        for b in range(len(self.blocks)):
+            parts = self._energy_parts(b, differences)
+            grads = self._energy_terms(b, x[self.offsets[b]:self.offsets[b + 1]], parts, gradient=True)
+            columns += [np.bincount(parts[-1].astype(np.int64), parts[-2] * g, minlength=differences.n_configs)
+                        for g in grads.reshape(len(grads), -1)]
+        jac = np.column_stack(columns)
+        return np.where(np.isfinite(jac), jac, 0.0)
+
+
+def _joint_refit(laws: _JointLaws, x0: np.ndarray, data: _FrameData, bounds=None,
+                 differences: _EnergyDifferences | None = None, margin_ev: float = PROTON_TRANSFER_MARGIN_EV,
+                 slack_ev: float = PROTON_TRANSFER_SLACK_EV, max_evaluations: int = REFIT_MAX_EVALUATIONS) -> np.ndarray:
+    """Constants minimising the squared force misfit plus, with ``differences``, a hinge penalty on every
+    configuration whose energy rises by less than ``margin_ev`` (see PROTON_TRANSFER_MARGIN_EV).
+
+    ``bounds`` (lower, upper) arrays, when any is finite, switch Levenberg–Marquardt to the trust-region
+    reflective method, which keeps them.
+    """
+    n_force = data.reference.size
+    penalised = differences is not None and differences.n_configs > 0
+    weight = (np.sqrt(n_force / differences.n_configs) * float(np.std(data.reference)) / slack_ev if penalised
+              else 0.0)
+
     def residual(x):
         out = (laws.forces(x, data) - data.reference).ravel()
+        if penalised:
+            out = np.concatenate([out, weight * np.maximum(0.0, margin_ev - laws.energy_differences(x, differences))])
         return np.where(np.isfinite(out), out, 1e3)
 
-    result = least_squares(residual, x0, jac=lambda x: laws.jacobian(x, data), method="lm", x_scale="jac",
-                           max_nfev=400)
+    def jacobian(x):
+        jac = laws.jacobian(x, data)
+        if penalised:
+            short = laws.energy_differences(x, differences) < margin_ev
+            jac = np.vstack([jac, -weight * short[:, None] * laws.energy_jacobian(x, differences)])
+        return jac
+
+    bounded = bounds is not None and bool(np.any(np.isfinite(bounds[0])) or np.any(np.isfinite(bounds[1])))
+    if bounded:
+        x0 = np.clip(x0, bounds[0], bounds[1])
+    if penalised:
+        # forces first, then the prior from there: imposed from the start, its large residuals drove the
+        # Gaussian widths where every three-body term underflows to zero (measured)
+        x0 = _joint_refit(laws, x0, data, bounds, max_evaluations=max_evaluations)
+    options = {"method": "trf", "bounds": bounds} if bounded else {"method": "lm"}
+    result = least_squares(residual, x0, jac=jacobian, x_scale="jac", max_nfev=max_evaluations, **options)
     return result.x
+
+
+VANISHING_EV = 1e-9  # a three-body law below this (value and gradient) on every sampled triplet is no law
+
+
+def _live_triplet_types(laws: dict, species_names, cutoff: float, data: _FrameData) -> list[str]:
+    """The triplet types whose fitted law is felt on the refit frames.
+
+    A refit can leave a law that underflows to exactly zero on every sampled triplet (Stillinger–Weber's
+    O–O–O on the shipped data; unbounded Gaussians parked at m ≈ −22 Å did the same): such a law, or one
+    of a type never sampled (its constants are the starting guess), is dropped rather than written as
+    an equation that says nothing.
+    """
+    term = ThreeBodyLaws(species_names, cutoff, laws)
+    live = []
+    for t, name in enumerate(term.triplet_types):
+        tri = data.triplets[t]
+        if name not in laws or len(tri.r1) == 0:
+            continue
+        values = term.energy_gradient(np.full(len(tri.r1), t), tri.r1, tri.r2, tri.cos)
+        if max(float(np.max(np.abs(np.nan_to_num(v, nan=np.inf)))) for v in values) >= VANISHING_EV:
+            live.append(name)
+    return live
 
 
 @dataclass
@@ -851,13 +1083,22 @@ def fit_manybody_closed_form(
     velocities: np.ndarray | None = None,
     screen_steps: int = DEFAULT_SCREEN_STEPS,
     screen_temperature_k: float = 300.0,
+    proton_transfer_margin_ev: float | None = PROTON_TRANSFER_MARGIN_EV,
+    proton_transfer_moves_per_frame: int = PROTON_TRANSFER_MOVES_PER_FRAME,
+    max_evaluations: int = REFIT_MAX_EVALUATIONS,
     digits: int = 6,
     log=None,
 ) -> ManyBodyClosedFormFit:
     """Closed-form three-body laws for every triplet type, refitted jointly with the closed-form pair laws.
 
-    For each family the constants of all pair laws and all three-body laws are refitted together by
-    Levenberg–Marquardt on the per-atom forces of ``n_refit_frames`` training frames (analytic Jacobian).
+    For each family the constants of all pair laws and all three-body laws are refitted together on the
+    per-atom forces of ``n_refit_frames`` training frames (analytic Jacobian; Levenberg–Marquardt, or
+    trust-region reflective where a family bounds its constants, at most ``max_evaluations`` each).
+    Unless ``proton_transfer_margin_ev`` is None, a second refit from the first adds a soft penalty on
+    every proton transfer of :func:`proton_transfer_moves` (``proton_transfer_moves_per_frame`` per
+    refit frame) whose energy is less than that margin above its frame; ``proton_transfer_min_ev`` of
+    each candidate is the least such energy on validation frames. Laws that vanish on every refit
+    triplet are dropped (``dropped_triplet_types``).
     Each candidate then runs ``screen_steps`` of NVT MD at ``screen_temperature_k`` from the first
     training frame (with its ``velocities`` when given) and records the largest fraction of oxygens that
     do not hold exactly two nearest H; ``screen_steps=0`` skips this. The family chosen is, among those
@@ -878,27 +1119,40 @@ def fit_manybody_closed_form(
                         pair_model.cutoff_angstrom, r3)
     valid = _frame_data(positions, forces, cells, species, species_names,
                         _spread(validation_frames, n_validation_frames), pair_model.cutoff_angstrom, r3)
+    differences = None
+    if proton_transfer_margin_ev is not None:
+        differences = _proton_transfer_differences(positions, cells, species, species_names,
+                                                   _spread(train_frames, n_refit_frames), pair_model.cutoff_angstrom,
+                                                   r3, proton_transfer_moves_per_frame)
+    probe_frames = _spread(validation_frames, PROTON_TRANSFER_PROBE_FRAMES)
     pair_templates, pair_symbols, pair_values = {}, {}, {}
     for n in names:
         pair_templates[n], pair_symbols[n], pair_values[n] = symbolic.parameterize(pair_model.expressions[n],
                                                                                     prefix=f"{n}_c")
     candidates, models = [], {}
     for family in families:
-        templates, symbols, values = {}, {}, {}
+        templates, symbols, values, ranges = {}, {}, {}, {}
         for tau in triplet_names:
-            templates[tau], symbols[tau], values[tau] = family_template(family, tau, r3)
+            templates[tau], symbols[tau], values[tau], ranges[tau] = family_template(family, tau, r3)
         laws = _JointLaws(pair_templates, pair_symbols, templates, symbols, pair_model.cutoff_angstrom, names,
                           triplet_names)
         x0 = np.concatenate([pair_values[n] for n in names] + [values[t] for t in triplet_names])
-        x = _joint_refit(laws, x0, train)
+        limits = [(-np.inf, np.inf)] * sum(len(pair_values[n]) for n in names) + [b for t in triplet_names
+                                                                                 for b in ranges[t]]
+        bounds = (np.array([lo for lo, _ in limits]), np.array([hi for _, hi in limits]))
+        x = _joint_refit(laws, x0, train, bounds, differences, proton_transfer_margin_ev or 0.0,
+                         max_evaluations=max_evaluations)
         fitted = {}
         for b, (_, name, syms, _, _) in enumerate(laws.blocks):
             theta = x[laws.offsets[b]:laws.offsets[b + 1]]
             template = pair_templates[name] if b < len(names) else templates[name]
             expr = template.xreplace({s: sympy.Float(float(v)) for s, v in zip(syms, theta)})
             fitted[name] = symbolic.round_constants(expr, digits)
-        term = ThreeBodyLaws(species_names, r3, {t: fitted[t] for t in triplet_names})
-        row = {"family": family, "n_parameters": len(x), "status": term.check() or "ok"}
+        kept = _live_triplet_types({t: fitted[t] for t in triplet_names}, species_names, r3, train)
+        term = ThreeBodyLaws(species_names, r3, {t: fitted[t] for t in kept})
+        n_constants = sum(len(block[2]) for block in laws.blocks if block[0] == "pair" or block[1] in kept)
+        row = {"family": family, "n_parameters": n_constants, "status": term.check() or "ok",
+               "dropped_triplet_types": [t for t in triplet_names if t not in kept]}
         if row["status"] == "ok":
             model = Model.closed_form({n: fitted[n] for n in names}, species_names, pair_model.cutoff_angstrom,
                                       pair_model.r_min_angstrom, masses_amu=pair_model.masses_amu,
@@ -906,6 +1160,10 @@ def fit_manybody_closed_form(
             errors = force_errors(_data_forces(model, valid), valid.reference, valid.species)
             row.update({f"validation_relative_{g}": e["relative"] for g, e in errors.items()})
             row["train_rmse"] = float(np.sqrt(np.mean((_data_forces(model, train) - train.reference) ** 2)))
+            # the prior checked where it was not imposed: moves on validation frames, the full model
+            moved = np.concatenate([proton_transfer_energies(model, positions[f], cells[f], species,
+                                                             proton_transfer_moves_per_frame) for f in probe_frames])
+            row["proton_transfer_min_ev"] = float(moved.min()) if moved.size else float("nan")
             models[family] = (model, errors)
             if screen_steps > 0:
                 start = int(np.asarray(train_frames)[0])
@@ -915,7 +1173,8 @@ def fit_manybody_closed_form(
                     temperature_k=screen_temperature_k)
                 row["md_screen_ps"] = screen_steps * SCREEN_TIMESTEP_FS / 1000.0
         say(f"many-body closed form {family}: {row['status']}, {row['n_parameters']} constants, validation "
-            f"relative force error {row.get('validation_relative_all', float('nan')):.4f}, broken O in MD "
+            f"relative force error {row.get('validation_relative_all', float('nan')):.4f}, least proton-transfer "
+            f"energy {row.get('proton_transfer_min_ev', float('nan')):.2f} eV, broken O in MD "
             f"{row.get('md_broken_oxygen_fraction', float('nan')):.3f}")
         candidates.append(row)
     chosen = select_family(candidates, tolerance)
