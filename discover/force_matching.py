@@ -422,11 +422,13 @@ def checked_pair_types(names, species, label: str) -> list[str]:
     base = pair_type_names(species)
     if names is None:
         return base
+    intra = names[len(base):] if isinstance(names, list) else []
     if (not isinstance(names, list) or names[: len(base)] != base
-            or any(not isinstance(n, str) or not is_intramolecular(n) or species_pair_of(n) not in base
-                   for n in names[len(base):]) or len(set(names)) != len(names)):
+            or any(not isinstance(n, str) or not is_intramolecular(n) or species_pair_of(n) not in base for n in intra)
+            or len(set(names)) != len(names)
+            or [base.index(species_pair_of(n)) for n in intra] != sorted(base.index(species_pair_of(n)) for n in intra)):
         raise ForceMatchingError(f"{label}: pair_types: expected {', '.join(base)} then intramolecular types "
-                                 "such as OH_intra")
+                                 "in the same order, such as OH_intra")
     return list(names)
 
 

@@ -340,6 +340,8 @@ class Model(PairForceViews):
         if self.r_max_angstrom and not self.is_molecular:
             raise ModelError("model: intramolecular laws need a molecular topology (bond cutoffs)")
         if self.is_molecular:
+            if self.threebody is not None:
+                raise ModelError("model: a molecular model is pairwise; it cannot carry a three-body term")
             base = pair_type_names(self.species)
             unknown = [n for n in self.bond_cutoff_angstrom if n not in base]
             if unknown:
@@ -609,6 +611,10 @@ def _model_from_dict(data, label: str) -> Model:
     if (list(tabulated.species) != species or abs(tabulated.cutoff_angstrom - cutoff) > 1e-12
             or list(tabulated.pair_types) != list(names)):
         raise ModelError(f"{label}: tabulated: species, pair types or cutoff differ from the model's")
+    for t, name in enumerate(names):
+        if abs(tabulated.r_min_angstrom[t] - r_min[name]) > 1e-9 or (
+                name in r_max and abs(tabulated.r_end(t) - r_max[name]) > 1e-9):
+            raise ModelError(f"{label}: pair_types.{name}: r_min_angstrom or r_max_angstrom differ from the table's")
     return Model(kind=kind, species=tuple(species), masses_amu=tuple(masses), cutoff_angstrom=cutoff,
                  r_min_angstrom=r_min, core=core, tabulated=tabulated, provenance=provenance, threebody=term,
                  r_max_angstrom=r_max, bond_cutoff_angstrom=bond_cutoffs)
@@ -637,7 +643,11 @@ def _topology_from_dict(data, where: str, species: list) -> dict | None:
     for name in cutoffs:
         if name not in base:
             raise ModelError(f"{where}.bond_cutoff_angstrom: {name!r} is not one of {', '.join(base)}")
-    return {n: _number(c, f"{where}.bond_cutoff_angstrom.{n}") for n, c in cutoffs.items()}
+    out = {n: _number(c, f"{where}.bond_cutoff_angstrom.{n}", positive=False) for n, c in cutoffs.items()}
+    negative = [n for n, c in out.items() if c < 0]
+    if negative:
+        raise ModelError(f"{where}.bond_cutoff_angstrom.{negative[0]}: must be ≥ 0 Å (0: never bonded)")
+    return out
 
 
 def _threebody_from_dict(data, where: str, species: tuple):

@@ -75,11 +75,7 @@ def validation_forces(dataset: Dataset, frames: np.ndarray, model, label: str = 
     frames. A molecular model's molecules are assigned on the first of ``frames`` and checked on all."""
     from discover.threebody import model_forces
 
-    if model.is_molecular:
-        typing = topology.model_typing(model, dataset.positions, dataset.cell, dataset.species, label, frames)
-        return metrics.pair_model_forces(dataset.positions, dataset.cell, dataset.species, model.species,
-                                         model.cutoff_angstrom, model.force_over_r, frames=frames, typing=typing)
-    return model_forces(model, dataset.positions, dataset.cell, dataset.species, frames=frames)
+    return model_forces(model, dataset.positions, dataset.cell, dataset.species, frames=frames, label=label)
 
 
 def model_row(errors: dict, n_parameters: int, complexity=None) -> dict:

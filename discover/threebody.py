@@ -376,12 +376,18 @@ def threebody_forces(term, positions, cells, species, frames=None, chunk_frames:
     return out
 
 
-def model_forces(model, positions, cells, species, frames=None) -> np.ndarray:
-    """Forces (len(frames), N, 3) in eV/Å of any ``discover.model.Model`` on dataset frames, pairs plus triplets."""
-    from discover.metrics import pair_model_forces
+def model_forces(model, positions, cells, species, frames=None, label: str = "dataset") -> np.ndarray:
+    """Forces (len(frames), N, 3) in eV/Å of any ``discover.model.Model`` on dataset frames, pairs plus triplets.
 
+    A molecular model's molecules are assigned on the first of ``frames`` and checked on all of them.
+    """
+    from discover.metrics import pair_model_forces
+    from discover.topology import model_typing
+
+    typing = model_typing(model, positions, cells, species, label, frames) if getattr(model, "is_molecular",
+                                                                                      False) else None
     forces = pair_model_forces(positions, cells, species, model.species, model.cutoff_angstrom,
-                               model.force_over_r, frames=frames)
+                               model.force_over_r, frames=frames, typing=typing)
     if getattr(model, "threebody", None) is not None:
         forces += threebody_forces(model.threebody, positions, cells, species, frames)
     return forces
@@ -392,10 +398,14 @@ def frame_energy_forces(model, positions: np.ndarray, cell: np.ndarray, species)
 
     E = Σ_pairs u + Σ_triplets w; H_k = Σ_j u(r_kj) + Σ_{triplets centred on k} w.
     """
+    from discover.topology import model_typing
+
     species = np.asarray(species).astype(str)
     types = species_types(species, model.species)
     n_atoms = len(species)
-    pairs = pair_table(positions, cell, types, model.cutoff_angstrom, len(model.species))
+    typing = model_typing(model, positions[None], np.asarray(cell)[None], species) if getattr(
+        model, "is_molecular", False) else None
+    pairs = pair_table(positions, cell, types, model.cutoff_angstrom, len(model.species), typing)
     u, f = model.energy_and_force(pairs.pair_type, pairs.r)
     forces = scatter_pair_forces(pairs, f / pairs.r, n_atoms)
     loss = np.bincount(pairs.i, u, minlength=n_atoms) + np.bincount(pairs.j, u, minlength=n_atoms)
@@ -1151,7 +1161,8 @@ def fit_manybody_closed_form(
         kept = _live_triplet_types({t: fitted[t] for t in triplet_names}, species_names, r3, train)
         term = ThreeBodyLaws(species_names, r3, {t: fitted[t] for t in kept})
         n_constants = sum(len(block[2]) for block in laws.blocks if block[0] == "pair" or block[1] in kept)
-        row = {"family": family, "n_parameters": n_constants, "status": term.check() or "ok",
+        status = term.check() or "ok" if kept else "every three-body law vanishes on the sampled triplets"
+        row = {"family": family, "n_parameters": n_constants, "status": status,
                "dropped_triplet_types": [t for t in triplet_names if t not in kept]}
         if row["status"] == "ok":
             model = Model.closed_form({n: fitted[n] for n in names}, species_names, pair_model.cutoff_angstrom,

@@ -64,9 +64,12 @@ def dataset_typing(positions, cells, species, species_names, bond_cutoffs: dict,
     molecules = dataset_molecules(positions, cells, species, species_names, bond_cutoffs, label, frames)
     types = species_types(np.asarray(species).astype(str), species_names)
     try:
-        return molecular_typing(species_names, types, molecules, pair_types)
+        typing = molecular_typing(species_names, types, molecules, pair_types)
+        i, j = topology.intramolecular_pairs(molecules)
+        typing.index(types[i], types[j], i, j, len(species_names))  # every intramolecular pair has a law
     except ValueError as exc:
         raise TopologyError(f"{label}: {exc}") from None
+    return typing
 
 
 def model_typing(model, positions, cells, species, label: str = "dataset", frames=None) -> PairTyping | None:

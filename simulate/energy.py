@@ -31,9 +31,10 @@ centred on k. The total energy counts each pair once and each triplet once.
 
 The virial ``W = Σ_pairs r_ij · F_ij`` (eV) gives the pressure, see :mod:`simulate.quantity`.
 
-Every pass adds into the same per-atom forces, loss and virial and returns its energy; a further
-O(N) term (say, bonded pairs of a molecular topology) is one more such pass in
-:func:`_make_loops`' force functions.
+Every pass adds into the same per-atom forces, loss and virial and returns its energy. The bonded
+pairs of a molecular model (see :mod:`simulate.topology`) are added after the loops, by
+:func:`add_bonded`, on the step-by-step path only: the compiled multi-step block of
+:mod:`simulate.integrate` has no bonded pass yet.
 """
 
 from __future__ import annotations
@@ -582,7 +583,7 @@ def make_force_fn(kernel_module: ModuleType, types: np.ndarray, box, skin_angstr
     Pass ``neighbors=None`` to build the list; afterwards the list is rebuilt only when an atom has
     moved more than half the skin. The list is a half list, three-body kernels included; a full list
     (say, from an older checkpoint) is built again as a half one from its own reference positions,
-    so the run goes on exactly as before.
+    so the run goes on with the same list (three-body sums may differ from an older version's by rounding).
 
     The function carries what a compiled multi-step loop needs (see :mod:`simulate.integrate`):
     ``force_fn.kernel_module``, ``force_fn.types``, ``force_fn.box_angstrom``,

@@ -18,8 +18,9 @@ list builds)``: up to ``n_steps`` steps in one compiled loop that calls the same
 states of ``step`` bit for bit. It stops early, before committing it, at a step that ``step`` must
 take instead: one whose list or three-body rows overflow (``step`` widens them) or whose state
 fails the checks of :mod:`simulate.md` (``step`` then gives the state to report). ``run`` is
-``None`` for a force function that is not :func:`simulate.energy.make_force_fn`'s, and for Langevin
-(NumPy's random stream cannot be drawn inside a compiled loop).
+``None`` for a force function that is not :func:`simulate.energy.make_force_fn`'s or is one of a
+molecular model (the block has no bonded pass), and for Langevin (NumPy's random stream cannot be
+drawn inside a compiled loop).
 
 Units: positions Å, velocities Å/fs, masses amu, forces eV/Å, time fs, energies eV.
 """

@@ -60,6 +60,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
+
 from simulate.errors import MldError
 
 REQUIRED_NAMES = ("SPECIES", "MASSES_AMU", "CUTOFF_ANGSTROM", "pair_energy_force", "energy_forces")
@@ -101,6 +103,12 @@ def check_kernel_module(module: ModuleType, label: str = "kernel module") -> Non
                    if not hasattr(module, n)]
         if missing:
             raise KernelModuleError(f"{label}: a molecular kernel module needs {', '.join(missing)}")
+        n = len(module.SPECIES)
+        bonds = np.asarray(module.BOND_CUTOFF_ANGSTROM, dtype=float)
+        laws = np.asarray(module.INTRA_PAIR_TYPES)
+        if bonds.shape != (n, n) or not np.allclose(bonds, bonds.T) or np.any(bonds < 0) or laws.shape != (n, n):
+            raise KernelModuleError(f"{label}: BOND_CUTOFF_ANGSTROM and INTRA_PAIR_TYPES must be symmetric "
+                                    f"{n}×{n} tables (cutoffs ≥ 0 Å)")
         if has_threebody(module):
             raise KernelModuleError(f"{label}: molecular kernels with three-body terms are not supported")
 

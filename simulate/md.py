@@ -186,13 +186,16 @@ def _settings(kernel_module, species, box, dt_fs, thermostat, temperature_k, tau
     }
 
 
-def write_checkpoint(path: Path, step: int, state, settings: dict, thermo_bytes: int, trajectory_bytes: int) -> None:
-    """Atomically write everything needed to continue from ``step`` exactly."""
+def write_checkpoint(path: Path, step: int, state, settings: dict, thermo_bytes: int, trajectory_bytes: int,
+                     molecules: np.ndarray | None = None) -> None:
+    """Atomically write everything needed to continue from ``step`` exactly (a molecular run's molecules too)."""
     arrays = {
         "positions": state.positions,
         "velocities": state.velocities,
         "neighbor_reference_positions": state.neighbors.reference_positions,
     }
+    if molecules is not None:
+        arrays["molecules"] = np.asarray(molecules, dtype=np.int64)
     extra = {}
     if isinstance(state, integrate.NoseHooverChainState):
         arrays.update(chain_xi=state.chain.xi, chain_v_xi=state.chain.v_xi, chain_q_mass=state.chain.q_mass)
@@ -306,23 +309,27 @@ def simulate(
         raise MldError(f"need dt_fs > 0 and steps ≥ 0, got dt_fs={dt_fs}, steps={steps}")
     types = atom_types(kernel_module, species)
     masses = np.array(kernel_module.MASSES_AMU, dtype=float)[types]
+    checkpoint_path = out_dir / "checkpoint.npz"
+    resumed = read_checkpoint(checkpoint_path) if resume and checkpoint_path.exists() else None
     molecules = None
     if is_molecular(kernel_module):
-        # a molecular model's molecules: those of the starting frame (the same partition as any later
-        # frame of an intact run, so a resumed run gets the same ones), checked at every trajectory frame
-        bond_cutoffs = np.asarray(kernel_module.BOND_CUTOFF_ANGSTROM, dtype=float)
-        molecules = topology.assign_molecules(positions, box, types, bond_cutoffs)
+        # a molecular model's molecules: those of the starting frame, or the checkpoint's on resume;
+        # checked at every trajectory frame
+        bond_cutoffs = topology.bond_cutoff_matrix(kernel_module.BOND_CUTOFF_ANGSTROM, len(kernel_module.SPECIES))
+        if resumed is not None and "molecules" in resumed[1]:
+            molecules = resumed[1]["molecules"]
+        else:
+            molecules = topology.assign_molecules(positions, box, types, bond_cutoffs)
     force_fn = energy.make_force_fn(kernel_module, types, box, skin_angstrom, molecules)
     integrator = make_integrator(force_fn, thermostat, dt_fs, temperature_k, tau_fs, friction_per_fs, seed)
     settings = _settings(kernel_module, species, box, dt_fs, thermostat, temperature_k, tau_fs, friction_per_fs,
                          seed, skin_angstrom)
     thermo_path = out_dir / "thermo.csv"
     trajectory_path = out_dir / "trajectory.xyz"
-    checkpoint_path = out_dir / "checkpoint.npz"
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    if resume and checkpoint_path.exists():
-        meta, arrays = read_checkpoint(checkpoint_path)
+    if resumed is not None:
+        meta, arrays = resumed
         if meta["settings"] != settings:
             changed = sorted(k for k in settings if meta["settings"].get(k) != settings[k])
             raise CheckpointError(f"{checkpoint_path}: written with different settings ({', '.join(changed)})")
@@ -349,7 +356,7 @@ def simulate(
 
     def checkpoint(at_step, at_state):
         write_checkpoint(checkpoint_path, at_step, at_state, settings, trajectory.file_size(thermo_path),
-                         trajectory.file_size(trajectory_path))
+                         trajectory.file_size(trajectory_path), molecules)
 
     def next_output(at_step):
         """The first step after ``at_step`` that writes something, or the last step."""
@@ -364,11 +371,11 @@ def simulate(
         if at_step % trajectory_every == 0:
             trajectory.append_text(trajectory_path, _frame(at_step, dt_fs, at_state, species, box))
             if molecules is not None:
-                what = topology.dissociation(at_state.positions, box, types, molecules, bond_cutoffs, species)
-                if what:
-                    checkpoint(at_step, at_state)
+                what = topology.dissociation(at_state.positions, box, types, molecules, bond_cutoffs,
+                                             kernel_module.SPECIES)
+                if what:  # the last checkpoint stays that of an intact frame
                     raise SimulationBlowUp(f"step {at_step}: {what}; a molecular model cannot follow a dissociation "
-                                           f"(frame in {trajectory_path})")
+                                           f"(the frame is the last of {trajectory_path})")
         if at_step % checkpoint_every == 0 and at_step < steps:
             checkpoint(at_step, at_state)
 

@@ -5,7 +5,7 @@ A *molecular* model splits pairs in two: atoms of one molecule interact through 
 the connected groups of the bond graph of one frame: atoms i and j are bonded when
 ``r_ij < bond_cutoff[t_i, t_j]`` (Å; 0 means never bonded). The assignment is made once, from a
 starting frame, and then kept: a later frame whose bond graph differs (a bond broken, or a bond
-between two molecules, as in proton transfer) is a dissociation, reported by ``check_molecules``.
+between two molecules, as in proton transfer) is a dissociation, reported by ``dissociation``.
 
 The simulator keeps the list of intramolecular pairs fixed and adds, for each of them, the bonded
 law minus the intermolecular law that the neighbour loop already counted (see ``bonded_loop``),
@@ -23,7 +23,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from simulate.errors import MldError
-from simulate.space import box_lengths
+from simulate.space import box_lengths, minimum_image
 
 
 class MoleculeError(MldError, ValueError):
@@ -127,7 +127,10 @@ def dissociation(positions: np.ndarray, box, types: np.ndarray, molecules: np.nd
         return (f"{names(a)} of molecule {molecules[a]} bonded to {names(b)} of molecule {molecules[b]} "
                 f"(r = {_distance(positions, box, a, b):.3f} Å)")
     now = molecule_ids(len(positions), i, j)
-    # same partition iff every molecule maps to exactly one current group (no bond across was found above)
+    # no bond crosses two molecules, so each current group lies inside one molecule: the partition is the
+    # same exactly when there are as many groups as molecules; otherwise find the molecule that split
+    if now.max() == molecules.max():
+        return None
     for m in np.unique(molecules):
         members = np.flatnonzero(molecules == m)
         if len(np.unique(now[members])) > 1:
@@ -139,10 +142,7 @@ def dissociation(positions: np.ndarray, box, types: np.ndarray, molecules: np.nd
 
 
 def _distance(positions, box, a, b) -> float:
-    box = box_lengths(box)
-    d = positions[a] - positions[b]
-    d -= box * np.round(d / box)
-    return float(np.linalg.norm(d))
+    return float(np.linalg.norm(minimum_image(positions[a] - positions[b], np.diag(box_lengths(box)))))
 
 
 def make_bonded_loop(intra_pair_energy_force, pair_energy_force):

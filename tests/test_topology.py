@@ -440,3 +440,94 @@ def test_lammps_runs_a_molecular_model_with_the_forces_of_mld(tmp_path, water, t
     energy, reference, _ = kernels.energy_forces(water.positions[5], types, np.diag(water.cell[5]), typing.molecules)
     assert np.abs(forces - reference).max() / np.abs(reference).max() < 1e-4
     assert abs(dump["c_pe_atom"].sum() - energy) / abs(energy) < 1e-4
+
+
+# --- review fixes: refusals, resume, dissociation in MD -------------------------------------------
+
+
+def test_a_molecular_model_cannot_carry_a_threebody_term():
+    from tests.export_support import manybody_water_model
+
+    data = _closed_form_truth().to_dict()
+    data["threebody"] = manybody_water_model().to_dict()["threebody"]
+    with pytest.raises(ModelError, match="molecular model is pairwise") as info:
+        Model.from_dict(data, label="m.json")
+    assert "\n" not in str(info.value)
+
+
+def test_a_tabulated_molecular_model_with_reordered_laws_is_refused(water, typing, synthetic):
+    frames, forces, n_train = synthetic
+    fit = fit_tabulated(water.positions[frames], forces, water.cell[frames], water.species, SPECIES,
+                        np.arange(n_train), cutoff_angstrom=CUTOFF, typing=typing)
+    data = Model.from_tabulated(fit.model, bond_cutoff_angstrom=BOND_CUTOFFS).to_dict()
+    assert Model.from_dict(data).pair_types == NAMES
+    pairs = data["pair_types"]
+    data["pair_types"] = {n: pairs[n] for n in ("OO", "OH", "HH", "HH_intra", "OH_intra")}
+    data["tabulated"]["pair_types"] = ["OO", "OH", "HH", "HH_intra", "OH_intra"]
+    with pytest.raises(ModelError, match="pair_types"):
+        Model.from_dict(data, label="m.json")
+
+
+def test_evaluating_a_molecular_model_without_a_needed_law_is_one_line(tmp_path, shipped_dataset):
+    data = _closed_form_truth().to_dict()
+    del data["pair_types"]["HH_intra"]
+    path = tmp_path / "model.json"
+    path.write_text(__import__("json").dumps(data))
+    small = tmp_path / "small.npz"
+    shipped_dataset.select(slice(0, 3)).save(small)
+    result = CliRunner().invoke(app, ["evaluate", str(path), str(small)])
+    assert result.exit_code == 1
+    assert "intramolecular HH pair" in result.output and str(small) in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_resumed_molecular_run_continues_bit_for_bit(tmp_path, water, molecular_kernels):
+    from simulate import md
+
+    _, kernels = molecular_kernels
+    common = dict(dt_fs=0.5, thermostat="nose-hoover", thermo_every=50, trajectory_every=100, checkpoint_every=100)
+    start = (kernels, water.species, water.positions[0], np.diag(water.cell[0]), water.velocities[0])
+    whole = md.simulate(*start, steps=300, out_dir=tmp_path / "whole", **common)
+    md.simulate(*start, steps=200, out_dir=tmp_path / "split", **common)
+    # the resumed run is given another starting frame: the checkpoint's molecules are used, not its
+    resumed = md.simulate(kernels, water.species, water.positions[50], np.diag(water.cell[0]), water.velocities[0],
+                          steps=300, out_dir=tmp_path / "split", resume=True, **common)
+    assert np.array_equal(whole.state.positions, resumed.state.positions)
+
+
+def test_a_dissociation_in_md_stops_the_run_naming_step_and_atoms(tmp_path, water):
+    from simulate import md
+
+    # bond cutoff 1.7 Å for O–H: a hydrogen bond that closes below it counts as a new bond, as a proton
+    # transfer would (the CP2K run itself has one at frame 140)
+    model = _closed_form_truth()
+    model.bond_cutoff_angstrom = {**BOND_CUTOFFS, "OH": 1.7}
+    kernels = load_kernel_module(codegen.write_kernels(model, tmp_path / "k" / "kernels.py"))
+    with pytest.raises(md.SimulationBlowUp) as info:
+        md.simulate(kernels, water.species, water.positions[0], np.diag(water.cell[0]), water.velocities[0],
+                    steps=4000, dt_fs=0.5, thermostat="nose-hoover", out_dir=tmp_path / "run", trajectory_every=10)
+    message = str(info.value)
+    assert message.startswith("step ") and "bonded to" in message and "\n" not in message
+    a, b = (int(x) for x in __import__("re").findall(r"[OH](\d+) of molecule", message))
+    species = np.asarray(water.species)
+    names = __import__("re").findall(r"([OH])\d+ of molecule", message)
+    assert [species[a], species[b]] == names  # the atoms named carry their own element
+
+
+def test_the_ase_calculator_refuses_a_structure_whose_molecules_changed(tmp_path, water, molecular_kernels):
+    from ase import Atoms
+
+    from discover.export import ExportError
+    from discover.export.ase_calculator import MldCalculator
+
+    _, kernels = molecular_kernels
+    atoms = Atoms(symbols=list(water.species), positions=water.positions[0], cell=np.diag(water.cell[0]), pbc=True)
+    atoms.calc = MldCalculator(kernels)
+    atoms.get_forces()
+    moved = atoms.copy()
+    moved.calc = atoms.calc
+    types = species_types(water.species, SPECIES)
+    oxygen = int(np.flatnonzero((types == 0))[5])
+    moved.positions[1] = moved.positions[oxygen] + np.array([0.0, 0.0, 1.0])  # H1 onto another water's O
+    with pytest.raises(ExportError, match="bonded to"):
+        moved.get_forces()

@@ -12,6 +12,10 @@ ASE's units are ours (Å, eV, amu), so energies and forces pass through unchange
 A many-body model runs through its kernels' ``energy_forces``, three-body terms included; the export
 copies a many-body kernel module as it is, or generates the kernels of a many-body model.
 
+A molecular model's molecules are assigned on the first structure calculated (again when the atoms'
+numbers change) and kept; a later structure whose molecules differ (a proton moved to another
+molecule, a molecule broken) raises, as mld's own simulator stops.
+
 The cell must be periodic and orthorhombic in all three directions (the kernel's minimum image),
 or not periodic at all.
 """
@@ -31,7 +35,7 @@ from discover.export.pairs import ExportError, Frame, pair_source
 from simulate.fileio import atomic_path, write_text_atomic
 from simulate.kernels import has_threebody, is_molecular, load_kernel_module
 from simulate.space import is_orthorhombic, max_minimum_image_cutoff
-from simulate.topology import assign_molecules
+from simulate.topology import assign_molecules, bond_cutoff_matrix, dissociation
 
 
 class MldCalculator(Calculator):
@@ -61,8 +65,14 @@ class MldCalculator(Calculator):
         positions = np.ascontiguousarray(atoms.get_positions(), dtype=float)
         box = self._box(atoms, positions)
         if is_molecular(self.kernels):
-            if self.molecules is None or len(self.molecules) != len(types):
-                self.molecules = assign_molecules(positions, box, types, np.asarray(self.kernels.BOND_CUTOFF_ANGSTROM))
+            bonds = bond_cutoff_matrix(self.kernels.BOND_CUTOFF_ANGSTROM, len(self.kernels.SPECIES))
+            if self.molecules is None or len(self.molecules) != len(types) or "numbers" in system_changes:
+                self.molecules = assign_molecules(positions, box, types, bonds)
+            else:
+                what = dissociation(positions, box, types, self.molecules, bonds, self.kernels.SPECIES)
+                if what:
+                    raise ExportError(f"MldCalculator: {what}; the molecular model's molecules (assigned on the "
+                                      "first structure) no longer hold: use a new calculator for a new system")
             energy, forces, loss = self.kernels.energy_forces(positions, types, box, self.molecules)
         else:
             energy, forces, loss = self.kernels.energy_forces(positions, types, box)
