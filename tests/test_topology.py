@@ -7,6 +7,9 @@ molecule, the molecular fit recovers every law, and an atomic fit cannot.
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -327,8 +330,6 @@ def test_discover_topology_molecular_writes_a_molecular_model(tmp_path, shipped_
     assert model.is_molecular and model.pair_types == NAMES and not model.is_many_body
     kernels = load_kernel_module(out / "kernels.py")
     assert kernels.TOPOLOGY == "molecular"
-    import json
-
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["topology"] == "molecular" and set(metrics["models"]) == {"tabulated", "closed_form",
                                                                             "quadratic_baseline"}
@@ -472,7 +473,7 @@ def test_evaluating_a_molecular_model_without_a_needed_law_is_one_line(tmp_path,
     data = _closed_form_truth().to_dict()
     del data["pair_types"]["HH_intra"]
     path = tmp_path / "model.json"
-    path.write_text(__import__("json").dumps(data))
+    path.write_text(json.dumps(data))
     small = tmp_path / "small.npz"
     shipped_dataset.select(slice(0, 3)).save(small)
     result = CliRunner().invoke(app, ["evaluate", str(path), str(small)])
@@ -485,7 +486,8 @@ def test_a_resumed_molecular_run_continues_bit_for_bit(tmp_path, water, molecula
     from simulate import md
 
     _, kernels = molecular_kernels
-    common = dict(dt_fs=0.5, thermostat="nose-hoover", thermo_every=50, trajectory_every=100, checkpoint_every=100)
+    common = {"dt_fs": 0.5, "thermostat": "nose-hoover", "thermo_every": 50, "trajectory_every": 100,
+              "checkpoint_every": 100}
     start = (kernels, water.species, water.positions[0], np.diag(water.cell[0]), water.velocities[0])
     whole = md.simulate(*start, steps=300, out_dir=tmp_path / "whole", **common)
     md.simulate(*start, steps=200, out_dir=tmp_path / "split", **common)
@@ -508,9 +510,9 @@ def test_a_dissociation_in_md_stops_the_run_naming_step_and_atoms(tmp_path, wate
                     steps=4000, dt_fs=0.5, thermostat="nose-hoover", out_dir=tmp_path / "run", trajectory_every=10)
     message = str(info.value)
     assert message.startswith("step ") and "bonded to" in message and "\n" not in message
-    a, b = (int(x) for x in __import__("re").findall(r"[OH](\d+) of molecule", message))
+    a, b = (int(x) for x in re.findall(r"[OH](\d+) of molecule", message))
     species = np.asarray(water.species)
-    names = __import__("re").findall(r"([OH])\d+ of molecule", message)
+    names = re.findall(r"([OH])\d+ of molecule", message)
     assert [species[a], species[b]] == names  # the atoms named carry their own element
 
 
@@ -527,7 +529,7 @@ def test_the_ase_calculator_refuses_a_structure_whose_molecules_changed(tmp_path
     moved = atoms.copy()
     moved.calc = atoms.calc
     types = species_types(water.species, SPECIES)
-    oxygen = int(np.flatnonzero((types == 0))[5])
+    oxygen = int(np.flatnonzero(types == 0)[5])
     moved.positions[1] = moved.positions[oxygen] + np.array([0.0, 0.0, 1.0])  # H1 onto another water's O
     with pytest.raises(ExportError, match="bonded to"):
         moved.get_forces()
