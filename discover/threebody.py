@@ -787,7 +787,9 @@ class _EnergyDifferences:
 
 
 def _proton_transfer_differences(positions, cells, species, species_names, frames, cutoff, cutoff3,
-                                 n_moves: int) -> _EnergyDifferences:
+                                 n_moves: int, r_min_angstrom: np.ndarray) -> _EnergyDifferences:
+    """The moves' energy differences as signed sums of terms. A move that brings a pair below the r_min
+    of its type is left out: the refit sums the pair laws themselves, and there the model uses its wall."""
     species = np.asarray(species).astype(str)
     types = species_types(species, species_names)
     n_species = len(species_names)
@@ -798,6 +800,10 @@ def _proton_transfer_differences(positions, cells, species, species_names, frame
         for atom, new in zip(*proton_transfer_moves(positions[f], cells[f], species, n_moves)):
             moved = positions[f].copy()
             moved[atom] = new
+            pairs = pair_table(moved, cells[f], types, cutoff, n_species)
+            touched = (pairs.i == atom) | (pairs.j == atom)
+            if np.any(pairs.r[touched] < np.asarray(r_min_angstrom)[pairs.pair_type[touched]]):
+                continue
             for sign, frame in ((-1.0, positions[f]), (1.0, moved)):
                 pairs = pair_table(frame, cells[f], types, cutoff, n_species)
                 touched = (pairs.i == atom) | (pairs.j == atom)
@@ -1133,7 +1139,8 @@ def fit_manybody_closed_form(
     if proton_transfer_margin_ev is not None:
         differences = _proton_transfer_differences(positions, cells, species, species_names,
                                                    _spread(train_frames, n_refit_frames), pair_model.cutoff_angstrom,
-                                                   r3, proton_transfer_moves_per_frame)
+                                                   r3, proton_transfer_moves_per_frame,
+                                                   np.array([pair_model.r_min_angstrom[n] for n in names]))
     probe_frames = _spread(validation_frames, PROTON_TRANSFER_PROBE_FRAMES)
     pair_templates, pair_symbols, pair_values = {}, {}, {}
     for n in names:

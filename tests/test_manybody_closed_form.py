@@ -74,7 +74,7 @@ def test_refit_energy_differences_equal_whole_frame_energies_and_their_gradient(
     model = Model.closed_form(water_pair_laws(), SPECIES, 4.5, {"OO": 1.0, "OH": 0.5, "HH": 0.5}, threebody=term)
     frames = [0, 900]
     differences = threebody._proton_transfer_differences(water.positions, water.cell, water.species, SPECIES, frames,
-                                                         4.5, R3, 3)
+                                                         4.5, R3, 3, np.array([1.0, 0.5, 0.5]))
     laws, x = _joint_laws(model)
     expected = np.concatenate([threebody.proton_transfer_energies(model, water.positions[f], water.cell[f],
                                                                   water.species, 3) for f in frames])
@@ -88,6 +88,17 @@ def test_refit_energy_differences_equal_whole_frame_energies_and_their_gradient(
         minus[k] -= step
         numeric = (laws.energy_differences(plus, differences) - laws.energy_differences(minus, differences)) / (2 * step)
         np.testing.assert_allclose(jacobian[:, k], numeric, rtol=1e-5, atol=1e-7)
+
+
+def test_moves_that_bring_a_pair_below_its_r_min_are_left_out_of_the_prior(water):
+    """Below r_min the model uses its wall, not the law the refit sums: such moves must not be judged by the law."""
+    frames = list(range(0, 1900, 100))
+    kept = threebody._proton_transfer_differences(water.positions, water.cell, water.species, SPECIES, frames,
+                                                  4.5, R3, 4, np.array([1.0, 0.5, 0.5])).n_configs
+    # the shipped data's sampled r_min: H–H 1.356 Å; a moved proton comes closer than that to an H in some moves
+    strict = threebody._proton_transfer_differences(water.positions, water.cell, water.species, SPECIES, frames,
+                                                    4.5, R3, 4, np.array([2.457, 0.895, 1.356])).n_configs
+    assert kept == 4 * len(frames) and 0 < strict < kept
 
 
 def test_gaussian_radial_weights_decay_for_any_constants():
