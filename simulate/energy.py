@@ -31,10 +31,10 @@ centred on k. The total energy counts each pair once and each triplet once.
 
 The virial ``W = Σ_pairs r_ij · F_ij`` (eV) gives the pressure, see :mod:`simulate.quantity`.
 
-Every pass adds into the same per-atom forces, loss and virial and returns its energy. The bonded
-pairs of a molecular model (see :mod:`simulate.topology`) are added after the loops, by
-:func:`add_bonded`, on the step-by-step path only: the compiled multi-step block of
-:mod:`simulate.integrate` has no bonded pass yet.
+Every pass adds into the same per-atom forces, loss and virial and returns its energy. The last
+pass, for a molecular model (see :mod:`simulate.topology`), puts each intramolecular pair's bonded
+law in place of the pair law the neighbour pass counted; the compiled multi-step block of
+:mod:`simulate.integrate` runs it too.
 """
 
 from __future__ import annotations
@@ -69,15 +69,24 @@ def _no_triplets(type_k, type_j, type_l, r_kj, r_kl, cos_theta):
     return 0.0, 0.0, 0.0, 0.0
 
 
-def _make_loops(pair_energy_force, triplet_energy_gradient=None):
+@numba.njit(cache=True)
+def _no_pair(type_i, type_j, r):
+    return 0.0, 0.0
+
+
+def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_energy_force=None):
     """(half-list forces, full-list forces), each a (serial, parallel) pair of compiled functions.
 
     Both return ``(forces (N,3), loss (N,), virial (N,), nearest (N,), energy, virial_total, needed3)``;
     ``needed3`` is the longest short-list row (0 without three-body terms): when it exceeds
     ``capacity3`` the three-body passes were skipped and the call must be repeated with a wider list.
+    With ``intra_pair_energy_force`` (a molecular model) a last pass puts the bonded law in place of
+    the pair law on the intramolecular pairs ``work[11], work[12]`` (see :func:`workspace`).
     """
     with_triplets = triplet_energy_gradient is not None  # a compile-time constant of the loops
     triplet = triplet_energy_gradient if with_triplets else _no_triplets
+    with_bonds = intra_pair_energy_force is not None
+    bonded = topology.make_bonded_loop(intra_pair_energy_force if with_bonds else _no_pair, pair_energy_force)
 
     @numba.njit(inline="always")
     def file_triplet_pair(i, j, dx, dy, dz, r, nb3, rev3, d3, cnt3):
@@ -277,7 +286,8 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None):
         # arrays come from the caller (see Workspace): fresh ones would cost a page fault per 4 KiB
         # every call.
         n = positions.shape[0]
-        cell_positions, cell_types, forces, loss, virial, r2min, nb3, rev3, d3, grad3, cnt3 = work
+        cell_positions, cell_types, forces, loss, virial, r2min = work[0], work[1], work[2], work[3], work[4], work[5]
+        nb3, rev3, d3, grad3, cnt3 = work[6], work[7], work[8], work[9], work[10]
         capacity3 = nb3.shape[1]
         for p in range(n):
             i = order[p]
@@ -347,6 +357,11 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None):
             atom_virial[i] = virial[p]
             nearest[i] = math.sqrt(r2min[p])
             virial_total += virial[p]
+        if with_bonds:
+            energy += bonded(positions, types, box, work[11], work[12], atom_forces, atom_loss, atom_virial)
+            virial_total = 0.0
+            for i in range(n):
+                virial_total += atom_virial[i]
         return atom_forces, atom_loss, atom_virial, nearest, energy, virial_total, needed3
 
     def full_list_forces(positions, types, box, neighbors, counts, cutoff, cutoff3, work):
@@ -436,6 +451,8 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None):
                     energy += energy3[k]
                 for p in prange(n):
                     gather(p, nb3, rev3, cnt3, grad3, forces)
+        if with_bonds:
+            energy += bonded(positions, types, box, work[11], work[12], forces, loss, virial)
         virial_total = 0.0
         for i in range(n):
             virial_total += virial[i]
@@ -466,7 +483,8 @@ def force_loops(kernel_module: ModuleType) -> ForceLoops:
     if cached is None or cached.kernel_module is not kernel_module:
         threebody = has_threebody(kernel_module)
         half, full = _make_loops(kernel_module.pair_energy_force,
-                                 kernel_module.triplet_energy_gradient if threebody else None)
+                                 kernel_module.triplet_energy_gradient if threebody else None,
+                                 kernel_module.intra_pair_energy_force if is_molecular(kernel_module) else None)
         cutoff3 = float(kernel_module.THREEBODY_CUTOFF_ANGSTROM) if threebody else 0.0
         cached = ForceLoops(kernel_module, half, full, float(kernel_module.CUTOFF_ANGSTROM), cutoff3, {})
         _LOOPS[key] = cached
@@ -485,11 +503,15 @@ def triplet_capacity(n_atoms: int, box: np.ndarray, cutoff3_angstrom: float) -> 
     return int(min(max(n_atoms - 1, 1), math.ceil(1.25 * expected) + 8))
 
 
-def workspace(loops: ForceLoops, n_atoms: int, box: np.ndarray, capacity3: int = 0) -> tuple:
+_NO_BONDS = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+
+
+def workspace(loops: ForceLoops, n_atoms: int, box: np.ndarray, capacity3: int = 0, bonded_pairs=None) -> tuple:
     """Scratch arrays for the force functions of ``loops``, kept and reused per atom count.
 
     (cell-ordered positions, types, forces, loss, virial, nearest², then the short three-body rows:
-    atoms, slot in the other row, (unit vector, r, 1/r), gradients, counts). ``capacity3`` asks for
+    atoms, slot in the other row, (unit vector, r, 1/r), gradients, counts, then the intramolecular
+    pairs (i, j) of a molecular model: ``bonded_pairs``, empty by default). ``capacity3`` asks for
     rows at least that wide.
     """
     rows = 1
@@ -503,7 +525,7 @@ def workspace(loops: ForceLoops, n_atoms: int, box: np.ndarray, capacity3: int =
                 np.empty((n, rows, 5)), np.empty((n, rows, 3)), np.empty(n, dtype=np.int64))
         loops.workspaces.clear()  # one size at a time: a run keeps its atom count
         loops.workspaces[n_atoms] = work
-    return work
+    return work + (tuple(bonded_pairs) if bonded_pairs is not None else _NO_BONDS)
 
 
 def interaction_cutoff_angstrom(kernel_module: ModuleType) -> float:
@@ -515,9 +537,16 @@ def interaction_cutoff_angstrom(kernel_module: ModuleType) -> float:
 
 
 def compute_forces(
-    kernel_module: ModuleType, positions: np.ndarray, types: np.ndarray, neighbors: partition.NeighborList
+    kernel_module: ModuleType, positions: np.ndarray, types: np.ndarray, neighbors: partition.NeighborList,
+    bonded_pairs=None,
 ) -> ForceResult:
-    """Energy, forces, per-atom loss and virial of ``positions`` (Å) using an up-to-date list, half or full."""
+    """Energy, forces, per-atom loss and virial of ``positions`` (Å) using an up-to-date list, half or full.
+
+    A molecular kernel module needs ``bonded_pairs``, its intramolecular pairs ``(i, j)``
+    (:func:`simulate.topology.checked_intramolecular_pairs`).
+    """
+    if is_molecular(kernel_module) and bonded_pairs is None:
+        raise topology.MoleculeError("a molecular kernel module needs its intramolecular pairs")
     loops = force_loops(kernel_module)
     box = neighbors.box_angstrom
     parallel = partition.use_parallel(len(positions))
@@ -525,7 +554,7 @@ def compute_forces(
     types = np.ascontiguousarray(types, dtype=np.int64)
     capacity3 = 0
     while True:
-        work = workspace(loops, len(positions), box, capacity3)
+        work = workspace(loops, len(positions), box, capacity3, bonded_pairs)
         if neighbors.half:
             out = loops.half[parallel](positions, types, box, neighbors.neighbors, neighbors.counts,
                                        neighbors.order, neighbors.layer_start, loops.cutoff_angstrom,
@@ -548,37 +577,13 @@ def force_result(out) -> ForceResult:
 ForceFn = Callable[[np.ndarray, "partition.NeighborList | None"], "tuple[partition.NeighborList, ForceResult]"]
 
 
-_BONDED: dict = {}
-
-
-def bonded_loop(kernel_module: ModuleType):
-    """The compiled intramolecular correction of a molecular kernel module (see :mod:`simulate.topology`)."""
-    key = id(kernel_module)
-    cached = _BONDED.get(key)
-    if cached is None or cached[0] is not kernel_module:
-        cached = (kernel_module, topology.make_bonded_loop(kernel_module.intra_pair_energy_force,
-                                                           kernel_module.pair_energy_force))
-        _BONDED[key] = cached
-    return cached[1]
-
-
-def add_bonded(kernel_module: ModuleType, positions, types, box, bonded_pairs, result: ForceResult) -> ForceResult:
-    """``result`` of the neighbour loop with the intramolecular pairs' bonded laws in place of their pair laws."""
-    forces = result.forces_ev_per_angstrom.copy()
-    loss = result.atom_loss_ev.copy()
-    virial = np.zeros(len(positions))
-    energy = bonded_loop(kernel_module)(positions, types, box, bonded_pairs[0], bonded_pairs[1], forces, loss, virial)
-    return ForceResult(result.energy_ev + float(energy), forces, loss, result.virial_ev + float(virial.sum()),
-                       result.nearest_angstrom)
-
-
 def make_force_fn(kernel_module: ModuleType, types: np.ndarray, box, skin_angstrom: float = 1.0,
                   molecules: np.ndarray | None = None) -> ForceFn:
     """``force_fn(positions, neighbors) -> (neighbors, ForceResult)`` for the integrators.
 
     A molecular kernel module needs ``molecules``, the molecule of every atom (see
     :func:`simulate.topology.assign_molecules`); its intramolecular pairs then interact by the
-    bonded laws, at any distance. Such a force function runs step by step (no compiled block).
+    bonded laws, at any distance.
 
     Pass ``neighbors=None`` to build the list; afterwards the list is rebuilt only when an atom has
     moved more than half the skin. The list is a half list, three-body kernels included; a full list
@@ -597,6 +602,7 @@ def make_force_fn(kernel_module: ModuleType, types: np.ndarray, box, skin_angstr
         if molecules is None:
             raise topology.MoleculeError("a molecular kernel module needs the molecule of every atom")
         bonded_pairs = topology.checked_intramolecular_pairs(molecules, types, kernel_module)
+        molecules = np.asarray(molecules, dtype=np.int64)
 
     def force_fn(positions, neighbors=None):
         positions = np.ascontiguousarray(positions, dtype=float)
@@ -607,14 +613,10 @@ def make_force_fn(kernel_module: ModuleType, types: np.ndarray, box, skin_angstr
                 neighbors = partition.neighbor_list(neighbors.reference_positions, box, cutoff, skin_angstrom,
                                                     half=True)
             neighbors = partition.update(neighbors, positions)
-        result = compute_forces(kernel_module, positions, types, neighbors)
-        if bonded_pairs is not None:
-            result = add_bonded(kernel_module, positions, types, box, bonded_pairs, result)
-        return neighbors, result
+        return neighbors, compute_forces(kernel_module, positions, types, neighbors, bonded_pairs)
 
-    if bonded_pairs is not None:
-        force_fn.molecules = np.asarray(molecules, dtype=np.int64)
-        return force_fn  # the compiled multi-step loop has no bonded pass: step by step
+    force_fn.molecules = molecules  # None for an atomic model
+    force_fn.bonded_pairs = bonded_pairs
     force_fn.kernel_module = kernel_module
     force_fn.types = types
     force_fn.box_angstrom = box

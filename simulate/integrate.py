@@ -18,9 +18,8 @@ list builds)``: up to ``n_steps`` steps in one compiled loop that calls the same
 states of ``step`` bit for bit. It stops early, before committing it, at a step that ``step`` must
 take instead: one whose list or three-body rows overflow (``step`` widens them) or whose state
 fails the checks of :mod:`simulate.md` (``step`` then gives the state to report). ``run`` is
-``None`` for a force function that is not :func:`simulate.energy.make_force_fn`'s or is one of a
-molecular model (the block has no bonded pass), and for Langevin (NumPy's random stream cannot be
-drawn inside a compiled loop).
+``None`` for a force function that is not :func:`simulate.energy.make_force_fn`'s, and for Langevin
+(NumPy's random stream cannot be drawn inside a compiled loop).
 
 Units: positions Å, velocities Å/fs, masses amu, forces eV/Å, time fs, energies eV.
 """
@@ -441,7 +440,7 @@ def _run_block(force_fn, state, n_steps: int, dt_fs: float, max_force: float, mi
         (np.array(nl.cells_per_side, dtype=np.int64), nl.cells_per_side == (1, 1, 1),
          float(nl.cutoff_angstrom + nl.skin_angstrom), float(nl.skin_angstrom)),
         force_fn.types, nl.box_angstrom, (loops.cutoff_angstrom, loops.threebody_cutoff_angstrom),
-        energy.workspace(loops, n, nl.box_angstrom), chain_state, (float(kt), float(n_dof), int(chain_steps), weights),
+        energy.workspace(loops, n, nl.box_angstrom, bonded_pairs=force_fn.bonded_pairs), chain_state, (float(kt), float(n_dof), int(chain_steps), weights),
         (float(max_force) ** 2, float(min_distance)),
     )
     if done == 0:

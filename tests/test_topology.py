@@ -533,3 +533,27 @@ def test_the_ase_calculator_refuses_a_structure_whose_molecules_changed(tmp_path
     moved.positions[1] = moved.positions[oxygen] + np.array([0.0, 0.0, 1.0])  # H1 onto another water's O
     with pytest.raises(ExportError, match="bonded to"):
         moved.get_forces()
+
+
+def test_compiled_molecular_run_is_bit_for_bit_the_stepwise_integrator(tmp_path, water, molecular_kernels):
+    """The compiled multi-step block runs the bonded pass too: md.simulate equals plain step() calls."""
+    from simulate import energy, md, setup
+
+    _, kernels = molecular_kernels
+    types = species_types(water.species, SPECIES)
+    box = np.diag(water.cell[0])
+    masses = np.asarray(kernels.MASSES_AMU)[types]
+    molecules = simulate_topology.assign_molecules(water.positions[0], box, types,
+                                                   np.asarray(kernels.BOND_CUTOFF_ANGSTROM))
+    result = md.simulate(kernels, water.species, water.positions[0], box, water.velocities[0], steps=150, dt_fs=0.5,
+                         thermostat="nose-hoover", out_dir=tmp_path, thermo_every=7, trajectory_every=50,
+                         checkpoint_every=1000)
+    force_fn = energy.make_force_fn(kernels, types, box, molecules=molecules)
+    integrator = md.make_integrator(force_fn, "nose-hoover", 0.5, 300.0, 100.0, 0.01, 0)
+    assert integrator.run is not None  # md.simulate took the compiled path
+    state = integrator.init(water.positions[0], setup.remove_com_momentum(water.velocities[0], masses), masses)
+    for _ in range(150):
+        state = integrator.step(state)
+    assert np.array_equal(result.state.positions, state.positions)
+    assert np.array_equal(result.state.force.atom_loss_ev, state.force.atom_loss_ev)
+    assert result.state.force.energy_ev == state.force.energy_ev
