@@ -244,14 +244,15 @@ def pair_source(model, target: str | None = None) -> PairSource:
     input is refused, in one line naming the exports that cover it, unless ``target`` is one of
     :data:`THREEBODY_TARGETS`: no export ever writes only the pair part of a many-body model.
     """
+    label = str(model) if isinstance(model, (str, Path)) else getattr(model, "__file__", None) or "model"
     if isinstance(model, (str, Path)) and Path(model).suffix == ".json":
-        model = load_model(Path(model))
+        model = _model_source(load_model(Path(model)), label)
     elif isinstance(model, (str, Path)):
-        model = load_kernel_module(model)
-    molecular = (getattr(model, "is_molecular", False) if isinstance(model, Model)
+        model = _KernelSource(load_kernel_module(model), label)
+    molecular = (getattr(model, "is_molecular", False) if isinstance(model, (Model, PairSource))
                  else isinstance(model, ModuleType) and is_molecular(model))
     if molecular and target not in MOLECULAR_TARGETS:
-        raise ExportError(f"{getattr(model, '__file__', None) or 'model'}: has a molecular topology (intramolecular "
+        raise ExportError(f"{label}: has a molecular topology (intramolecular "
                           f"laws on fixed molecules), which the {target or 'pair'} export does not carry; export it "
                           f"with {' or '.join(MOLECULAR_TARGETS)}")
     source = _pair_source(model)
