@@ -260,12 +260,13 @@ def _write_outputs(out_dir: Path, models: dict, default: str, fit, matched) -> N
     panels = {}
     for t, name in enumerate(closed.pair_types):
         r_min = float(matched.model.r_min_angstrom[t])
-        r_end = matched.model.r_end(t)  # the cutoff, or r_max of a bonded law (whose outer wall is not shown)
-        r = np.linspace(max(0.6, r_min - 0.4), r_end if r_end == closed.cutoff_angstrom else r_end + 0.15, 600)
+        r_end = matched.model.r_end(t)  # the cutoff, or r_max of a bonded law (a little of its outer wall shown)
+        bonded = matched.model.bonded[t]
+        r = np.linspace(max(0.6, r_min - 0.4), r_end + 0.15 if bonded else r_end, 600)
         series = {"tabulated": tab_model.energy(t, r), "closed form": closed.energy(t, r)}
         if "manybody" in models:
             series["many-body closed form (pair part)"] = models["manybody"].energy(t, r)
-        if matched.model.bonded[t]:  # a bonded law's energy is defined up to a constant: all zero at r_max
+        if bonded:  # a bonded law's energy is defined up to a constant: all zero at r_max
             series = {k: u - float(np.interp(r_end, r, u)) for k, u in series.items()}
         panels[name] = (r, series, (r_min, r_end))
     plots.pair_laws(panels, figures / "pair_laws.png")

@@ -601,8 +601,8 @@ def make_force_fn(kernel_module: ModuleType, types: np.ndarray, box, skin_angstr
     if is_molecular(kernel_module):
         if molecules is None:
             raise topology.MoleculeError("a molecular kernel module needs the molecule of every atom")
-        bonded_pairs = topology.checked_intramolecular_pairs(molecules, types, kernel_module)
-        molecules = np.asarray(molecules, dtype=np.int64)
+        bonded_pairs = topology.checked_intramolecular_pairs(np.asarray(molecules, dtype=np.int64), types,
+                                                             kernel_module)
 
     def force_fn(positions, neighbors=None):
         positions = np.ascontiguousarray(positions, dtype=float)
@@ -615,7 +615,6 @@ def make_force_fn(kernel_module: ModuleType, types: np.ndarray, box, skin_angstr
             neighbors = partition.update(neighbors, positions)
         return neighbors, compute_forces(kernel_module, positions, types, neighbors, bonded_pairs)
 
-    force_fn.molecules = molecules  # None for an atomic model
     force_fn.bonded_pairs = bonded_pairs
     force_fn.kernel_module = kernel_module
     force_fn.types = types

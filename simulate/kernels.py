@@ -63,6 +63,7 @@ from types import ModuleType
 import numpy as np
 
 from simulate.errors import MldError
+from simulate.topology import MoleculeError, bond_cutoff_matrix
 
 REQUIRED_NAMES = ("SPECIES", "MASSES_AMU", "CUTOFF_ANGSTROM", "pair_energy_force", "energy_forces")
 
@@ -104,11 +105,12 @@ def check_kernel_module(module: ModuleType, label: str = "kernel module") -> Non
         if missing:
             raise KernelModuleError(f"{label}: a molecular kernel module needs {', '.join(missing)}")
         n = len(module.SPECIES)
-        bonds = np.asarray(module.BOND_CUTOFF_ANGSTROM, dtype=float)
-        laws = np.asarray(module.INTRA_PAIR_TYPES)
-        if bonds.shape != (n, n) or not np.allclose(bonds, bonds.T) or np.any(bonds < 0) or laws.shape != (n, n):
-            raise KernelModuleError(f"{label}: BOND_CUTOFF_ANGSTROM and INTRA_PAIR_TYPES must be symmetric "
-                                    f"{n}×{n} tables (cutoffs ≥ 0 Å)")
+        try:
+            bond_cutoff_matrix(module.BOND_CUTOFF_ANGSTROM, n)
+        except (MoleculeError, ValueError, TypeError) as exc:
+            raise KernelModuleError(f"{label}: BOND_CUTOFF_ANGSTROM: {exc}") from None
+        if np.asarray(module.INTRA_PAIR_TYPES).shape != (n, n):
+            raise KernelModuleError(f"{label}: INTRA_PAIR_TYPES must be a {n}×{n} table")
         if has_threebody(module):
             raise KernelModuleError(f"{label}: molecular kernels with three-body terms are not supported")
 
