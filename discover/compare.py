@@ -54,7 +54,9 @@ def first_shell(pair: str, r: np.ndarray, g: np.ndarray) -> dict:
     intermolecular one that matters, and it barely rises above 1, so it is found by range.
     """
     if pair == "OH":
-        peak = obs.peak_in_range(r, g, HBOND_RANGE_ANGSTROM[0], HBOND_RANGE_ANGSTROM[1])
+        peak = obs.peak_in_range(r, g, HBOND_RANGE_ANGSTROM[0], HBOND_RANGE_ANGSTROM[1],
+                                 fit_half_width=obs.RDF_PEAK_FIT_HALF_WIDTH_ANGSTROM,
+                                 smooth_bins=obs.RDF_PEAK_SMOOTH_BINS)
         after = np.flatnonzero((r > peak.position) & (r < peak.position + 1.5)) if np.isfinite(peak.position) else []
         minimum = float(r[after[np.argmin(g[after])]]) if len(after) else float("nan")
         return {"first_peak_angstrom": peak.position, "first_peak_height": peak.height,

@@ -25,6 +25,7 @@ from discover.dataset import Dataset
 from discover.force_matching import split_frames
 from discover.model import Model
 from simulate import md
+from simulate import observables as obs
 from simulate.errors import MldError
 from simulate.fileio import write_text_atomic
 from simulate.space import box_lengths
@@ -351,7 +352,10 @@ def report_markdown(m: dict, model_dir: Path) -> str:
     geo = lambda run, key, stat: run["geometry"][key][stat]
     lines += [
         "",
-        f"g_OH's peak is the hydrogen bond (1.5–2.6 Å). CP2K's own noise: its first and second halves differ in "
+        f"g_OH's peak is the hydrogen bond (1.5–2.6 Å). A peak is the vertex of the least-squares parabola over "
+        f"±{obs.RDF_PEAK_FIT_HALF_WIDTH_ANGSTROM:g} Å around the maximum of g smoothed over "
+        f"{obs.RDF_PEAK_SMOOTH_BINS} bins (the three-point vertex of the raw histogram followed CP2K's noise: "
+        f"0.08 Å between the halves of its run). CP2K's own noise: its first and second halves differ in "
         f"first-peak position by {noise}; a smaller shift than that is within CP2K's statistics.",
         "",
         f"![RDFs]({fig('rdf.png')})",

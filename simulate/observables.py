@@ -118,25 +118,70 @@ def _parabolic_vertex(x: np.ndarray, y: np.ndarray, i: int) -> Peak:
     return Peak(float(x[i] + shift * (x[i + 1] - x[i])), float(y1 - 0.25 * (y0 - y2) * shift))
 
 
+def _fitted_vertex(x: np.ndarray, y: np.ndarray, i: int, half_width: float, maximum: bool = True) -> Peak:
+    """Maximum (or minimum) of the least-squares parabola through the points within ``half_width`` of x[i].
+
+    On a noisy histogram (an RDF from a ps of 32 waters) the three-point vertex follows the
+    noise of three bins: the first O–O peak of CP2K's own run moved by 0.12 Å between quarters
+    of it. Fitting the whole top of the peak averages that noise; the window is re-centred on
+    the vertex until it stays put, so the start bin matters little. Falls back to the
+    three-point vertex when the fit bends the wrong way or its vertex leaves the window.
+    """
+    spacing = float(x[1] - x[0]) if len(x) > 1 else 0.0
+    half_width = max(half_width, 1.01 * spacing)  # at least one point each side
+    start = i
+    for _ in range(5):
+        window = np.abs(x - x[i]) <= half_width
+        if i <= 0 or i >= len(y) - 1 or np.count_nonzero(window) < 3:
+            return _parabolic_vertex(x, y, start)
+        c2, c1, c0 = np.polyfit(x[window] - x[i], y[window], 2)
+        if (c2 < 0.0) != maximum or c2 == 0.0:
+            return _parabolic_vertex(x, y, start)
+        shift = -c1 / (2.0 * c2)
+        if abs(shift) > half_width:
+            return _parabolic_vertex(x, y, start)
+        nearest = int(np.argmin(np.abs(x - (x[i] + shift))))
+        if nearest == i:
+            break
+        i = nearest
+    return Peak(float(x[i] + shift), float(c0 + c1 * shift + c2 * shift * shift))
+
+
+def _smoothed(y: np.ndarray, bins: int) -> np.ndarray:
+    """Moving average over ``bins`` points (odd), edges averaged over what exists."""
+    if bins <= 1:
+        return y
+    kernel = np.ones(bins)
+    return np.convolve(y, kernel, "same") / np.convolve(np.ones_like(y), kernel, "same")
+
+
+def _refine(x: np.ndarray, y: np.ndarray, i: int, fit_half_width: float | None) -> Peak:
+    return _parabolic_vertex(x, y, i) if fit_half_width is None else _fitted_vertex(x, y, i, fit_half_width)
+
+
 def peak_in_range(
-    x: np.ndarray, y: np.ndarray, x_low: float, x_high: float, min_relative_height: float = 1e-3
+    x: np.ndarray, y: np.ndarray, x_low: float, x_high: float, min_relative_height: float = 1e-3,
+    fit_half_width: float | None = None, smooth_bins: int = 1,
 ) -> Peak:
     """The highest local maximum of y(x) with x_low ≤ x ≤ x_high, refined by a parabola.
 
     A maximum that is only the edge of the range (y still rising out of it) is not a peak,
     nor is a ripple lower than ``min_relative_height`` times the highest y anywhere (window
-    side lobes, round-off): then the result is (NaN, NaN).
+    side lobes, round-off): then the result is (NaN, NaN). For noisy curves, the maximum is
+    looked for on a ``smooth_bins`` moving average, and refined by a least-squares parabola
+    over ``fit_half_width`` either side (:func:`_fitted_vertex`) on y itself.
     """
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
+    ys = _smoothed(y, smooth_bins)
     interior = np.arange(1, len(y) - 1)
-    local_max = (y[interior] >= y[interior - 1]) & (y[interior] >= y[interior + 1])
-    local_max &= y[interior] > max(0.0, min_relative_height * float(np.max(y)))
+    local_max = (ys[interior] >= ys[interior - 1]) & (ys[interior] >= ys[interior + 1])
+    local_max &= ys[interior] > max(0.0, min_relative_height * float(np.max(ys)))
     candidates = interior[local_max & (x[interior] >= x_low) & (x[interior] <= x_high)]
     if candidates.size == 0:
         return Peak(float("nan"), float("nan"))
-    best = candidates[np.argmax(y[candidates])]
-    return _parabolic_vertex(x, y, int(best))
+    best = candidates[np.argmax(ys[candidates])]
+    return _refine(x, y, int(best), fit_half_width)
 
 
 # --- radial distribution function ------------------------------------------------------
@@ -236,26 +281,40 @@ class RdfShell(NamedTuple):
     minimum_height: float
 
 
-def rdf_first_shell(r_angstrom: np.ndarray, g: np.ndarray, threshold: float = 1.0) -> RdfShell:
-    """First peak and first minimum of g(r), both refined by a parabola.
+# RDF peaks: the maximum is looked for on a 5-bin moving average and refined over ±0.15 Å
+# (13 bins of the usual 0.025 Å); see _fitted_vertex. On CP2K's 1.2 ps run of 32 waters the
+# first O–O peak of the halves then differs by at most 0.02 Å for any binning tried
+# (three-point vertex: 0.08 Å), and its quarters scatter by 0.02 Å instead of 0.12 Å.
+# ±0.1 Å was still thrown 0.04 Å by the binning on some grids.
+RDF_PEAK_FIT_HALF_WIDTH_ANGSTROM = 0.15
+RDF_PEAK_SMOOTH_BINS = 5
 
-    The first peak is the maximum of the first run of bins where g exceeds ``threshold``
-    (g = 1 is the ideal-gas level, so small-r noise cannot pass for a peak); the first
-    minimum is the lowest point before g rises above the threshold again.
+
+def rdf_first_shell(
+    r_angstrom: np.ndarray, g: np.ndarray, threshold: float = 1.0,
+    fit_half_width_angstrom: float = RDF_PEAK_FIT_HALF_WIDTH_ANGSTROM, smooth_bins: int = RDF_PEAK_SMOOTH_BINS,
+) -> RdfShell:
+    """First peak and first minimum of g(r), both refined by a least-squares parabola.
+
+    The first peak is the maximum of the first run of bins where g, smoothed over
+    ``smooth_bins``, exceeds ``threshold`` (g = 1 is the ideal-gas level, so small-r noise
+    cannot pass for a peak, nor can one noisy bin); the first minimum is the lowest point
+    before the smoothed g rises above the threshold again.
     """
     r = np.asarray(r_angstrom, dtype=float)
     g = np.asarray(g, dtype=float)
-    above = g > threshold
+    gs = _smoothed(g, smooth_bins)
+    above = gs > threshold
     if not above.any():
         raise ObservableError(f"g(r) never exceeds {threshold}: no first peak")
     start = int(np.argmax(above))
     end = start + int(np.argmin(above[start:])) if not above[start:].all() else len(g)
-    peak = _parabolic_vertex(r, g, start + int(np.argmax(g[start:end])))
+    peak = _fitted_vertex(r, g, start + int(np.argmax(gs[start:end])), fit_half_width_angstrom)
     if end == len(g):
         return RdfShell(peak.position, peak.height, float("nan"), float("nan"))
     rest = above[end:]
     stop = end + int(np.argmax(rest)) if rest.any() else len(g)
-    segment = g[end:stop]
+    segment = gs[end:stop]
     if segment.min() >= threshold:
         return RdfShell(peak.position, peak.height, float("nan"), float("nan"))
     lowest = np.flatnonzero(segment == segment.min())
@@ -264,7 +323,7 @@ def rdf_first_shell(r_angstrom: np.ndarray, g: np.ndarray, threshold: float = 1.
         return RdfShell(
             peak.position, peak.height, float(np.interp(middle, np.arange(len(r)), r)), float(segment.min())
         )
-    minimum = _parabolic_vertex(r, g, end + int(lowest[0]))
+    minimum = _fitted_vertex(r, g, end + int(lowest[0]), fit_half_width_angstrom, maximum=False)
     return RdfShell(peak.position, peak.height, minimum.position, minimum.height)
 
 
