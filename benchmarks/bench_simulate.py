@@ -22,6 +22,11 @@ NumPy and Numba); LAMMPS, the peak resident set of every rank (GNU time), summed
 LAMMPS runs the pair-only models; a many-body model has no table export, so mld runs it alone, and
 the report sets its cost per atom-step beside the learned pairwise model's.
 
+Each learned model runs a second time with its pair laws tabulated (:mod:`simulate.tabulate`,
+quintic Hermite tables to 10⁻⁸ eV/Å, rows ``learned_pairwise_tabulated`` and
+``learned_manybody_tabulated``); LAMMPS runs the same table export of the closed form beside it, and
+the report sets the tabulated cost per atom-step beside the closed form's.
+
 Also the speed-up over the CP2K run behind the dataset, per model: CP2K's CPU seconds per step
 (its mean wall time per step, ``cp2k_seconds_per_step`` in the dataset metadata, times the OpenMP
 threads it ran with) over mld's single-thread seconds per step at 96 atoms.
@@ -54,7 +59,7 @@ from discover.dataset import Dataset
 from discover.export import ExportError
 from discover.export.lammps import DUMP_FILE, INPUT_FILE, export_lammps
 from discover.export.pairs import Frame
-from simulate import energy, integrate, md, partition, setup
+from simulate import energy, integrate, md, partition, setup, tabulate
 from simulate.errors import MldError
 from simulate.fileio import write_text_atomic
 from simulate.kernels import has_threebody, load_kernel_module
@@ -349,6 +354,24 @@ def cp2k_comparison(rows: list[dict]) -> list[dict]:
     return out
 
 
+TABULATED_SUFFIX = "_tabulated"
+
+
+def tabulation_gains(rows: list[dict]) -> list[dict]:
+    """Per learned model, size and cores: mld's µs/atom-step with tabulated pair laws against the closed form's."""
+    by = {(r["model"], r["atoms"], r["cores"]): r for r in rows if r["engine"] == "mld"}
+    out = []
+    for (model, atoms, cores), row in sorted(by.items(), key=lambda item: (item[0][0], item[0][2], item[0][1])):
+        closed = by.get((model.removesuffix(TABULATED_SUFFIX), atoms, cores))
+        if model.endswith(TABULATED_SUFFIX) and closed is not None:
+            out.append({"model": model.removesuffix(TABULATED_SUFFIX), "atoms": atoms, "cores": cores,
+                        "closed_form_us_per_atom_step": closed["us_per_atom_step"],
+                        "tabulated_us_per_atom_step": row["us_per_atom_step"],
+                        "speedup": closed["us_per_atom_step"] / row["us_per_atom_step"],
+                        "foreign_cores": max(row["foreign_cores"], closed["foreign_cores"])})
+    return out
+
+
 def learned_costs(rows: list[dict]) -> list[dict]:
     """The learned many-body model's µs/atom-step beside the learned pairwise model's, per size and cores."""
     by = {(r["model"], r["atoms"], r["cores"]): r for r in rows if r["engine"] == "mld"}
@@ -470,6 +493,20 @@ def markdown(rows: list[dict], compared: list[dict], cp2k: dict | None, meta: di
               for r in learned),
             "",
         ]
+    gains = tabulation_gains(rows)
+    if gains:
+        lines += [
+            ("**Tabulated pair laws** (`simulate.tabulate`: quintic Hermite tables of each learned pair law, forces "
+             "within 10⁻⁸ eV/Å of the closed form, exactly conservative; the core below each law's wall joint stays "
+             "closed form), mld, same runs as above:"),
+            "",
+            "| model | atoms | cores | closed form µs/atom-step | tabulated µs/atom-step | speed-up | other work, cores |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+            *(f"| {g['model']} | {g['atoms']} | {g['cores']} | {g['closed_form_us_per_atom_step']:.3f} | "
+              f"{g['tabulated_us_per_atom_step']:.3f} | {g['speedup']:.2f} | {g['foreign_cores']:.2f} |"
+              for g in gains),
+            "",
+        ]
     if cp2k:
         first = cp2k[0]
         lines += [
@@ -519,6 +556,10 @@ def main() -> None:
         try:
             rows += side_by_side(kernel, path, label, learned_replicas, args.steps, cores,
                                  missing is None and not threebody, block=args.block)
+            # the same model with tabulated pair laws; LAMMPS runs the same table export of the closed form
+            rows += side_by_side(tabulate.tabulate_kernel_module(kernel), path, label + TABULATED_SUFFIX,
+                                 learned_replicas, args.steps, cores, missing is None and not threebody,
+                                 block=args.block)
         except (ExportError, MldError, RuntimeError) as exc:
             notes.append(f"{path.relative_to(ROOT)} not benchmarked: {exc}")
     loads.append(load_average())
@@ -551,7 +592,8 @@ def main() -> None:
     print(f"benchmark wall time {meta['wall_s']:.0f} s")
     if not args.no_write:
         out = ROOT / "benchmarks" / "results"
-        payload = {"meta": meta, "comparison": compared, "cp2k": cp2k, "learned": learned_costs(rows), "rows": rows}
+        payload = {"meta": meta, "comparison": compared, "cp2k": cp2k, "learned": learned_costs(rows),
+                   "tabulated": tabulation_gains(rows), "rows": rows}
         write_text_atomic(out / "simulate.json", json.dumps(payload, indent=2))
         write_text_atomic(out / "simulate.md", text)
 

@@ -101,6 +101,24 @@ def test_simulate_cli_runs_a_replicated_box(finished_run, small_dataset, tmp_pat
     assert np.allclose(traj["box"][0], [2 * 9.865406, 9.865406, 9.865406])
 
 
+def test_simulate_cli_tabulate_follows_the_closed_form_trajectory(finished_run, small_dataset, tmp_path):
+    from simulate.trajectory import read_trajectory
+
+    models, _ = finished_run
+    runs = {}
+    for flag in ("--no-tabulate", "--tabulate"):
+        out = tmp_path / flag
+        result = CliRunner().invoke(app, ["simulate", str(models / "pairwise"), "--init", f"{small_dataset}:3",
+                                          "--steps", "40", "--thermostat", "nve", "--trajectory-every", "20",
+                                          flag, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        runs[flag] = read_trajectory(out / "trajectory.xyz")
+    closed, tabulated = runs["--no-tabulate"], runs["--tabulate"]
+    assert not np.array_equal(closed["forces"], tabulated["forces"])  # the tables did run
+    np.testing.assert_allclose(tabulated["forces"], closed["forces"], atol=1e-6)
+    np.testing.assert_allclose(tabulated["positions"], closed["positions"], atol=1e-7)
+
+
 def test_export_cli_writes_lammps_deck_for_the_pairwise_model(finished_run, small_dataset, tmp_path):
     models, _ = finished_run
     result = CliRunner().invoke(app, ["export", str(models / "pairwise"), "--to", "lammps", "--out",

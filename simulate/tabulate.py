@@ -1,0 +1,621 @@
+"""Tabulated pair laws: a kernel module whose pair kernels read a table instead of the closed form.
+
+A learned pair law costs what its formula costs: ``r**-5.55``, Gaussians, shifted-force terms. A
+table costs the same for every law. :func:`tabulate_kernel_module` takes any kernel module (the
+contract of :mod:`simulate.kernels`) and returns one whose ``pair_energy_force`` (and, for a
+molecular model, ``intra_pair_energy_force``) looks the law up; every other name passes through,
+so the result runs wherever a generated module runs (the compiled loops of :mod:`simulate.energy`,
+the blocks of :mod:`simulate.integrate`, :func:`simulate.md.simulate`).
+
+**Exactly conservative.** On a uniform grid in r, each cell holds the quintic Hermite polynomial
+p(s), s = (r − r_k)/h ∈ [0, 1), that matches u, u' and u'' at both knots (u and u' the kernel's
+own values, u'' a fourth-order finite difference of u'). The force is −p'(s)/h, the exact
+derivative of the energy that is returned, so F = −∇E holds to rounding and NVE conserves energy
+as the closed form does (LAMMPS's ``pair_style table linear`` interpolates energy and force
+separately, so its force is not the derivative of its energy). Neighbouring cells share u, u' and
+u'' at their knot, so the tabulated law is C². Its force error falls as h⁵, so a few hundred knots
+per law reach 10⁻⁸ eV/Å (on table look-up of pair potentials see Allen & Tildesley, *Computer
+Simulation of Liquids*, ch. 5).
+
+**Where the table lives.** The learned laws are joined C¹ to a repulsive core (an exponential wall
+below the smallest sampled distance) and, for a bonded law, to an outer wall: there u'' jumps, and
+a polynomial cell straddling the joint would be wrong by ~ u''-jump × h. So each law is scanned for
+such joints (an isolated spike in the second difference of u', located to rounding by bisection
+and confirmed by the one-sided slopes of u'), and its table covers one smooth piece: for a pair law
+the piece that ends at the cutoff, for a bonded law the piece that holds its minimum; it also stops
+where |u'| exceeds ``max_force_ev_per_angstrom`` (a steep core no real configuration reaches).
+Outside the table the kernel calls the closed form, so the core stays exact. At and beyond the
+cutoff the closed form returns exactly zero; the table's last knot is the cutoff, with the law's
+limit from below (zero, for a shifted-force law).
+
+**Cheap lookup.** One subtraction and multiply, a truncation, two Horner polynomials (five FMAs
+each) on one row of coefficients padded to 64 bytes; the species pair selects the law's offset into one
+coefficient array. The arrays are closed over by ``numba.njit`` functions, so Numba freezes them
+into the compiled code as constants and the hot path holds no Python objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from types import ModuleType
+from typing import NamedTuple
+
+import numba
+import numpy as np
+
+from simulate.errors import MldError
+from simulate.kernels import check_kernel_module, has_threebody, is_molecular
+
+DEFAULT_FORCE_TOLERANCE_EV_PER_ANGSTROM = 1e-8  # largest |F_table − F_closed| of one pair, anywhere in a table
+DEFAULT_MAX_FORCE_EV_PER_ANGSTROM = 100.0  # tables stop where a pair's |u'| exceeds this (a steep core)
+DEFAULT_MIN_INNER_ANGSTROM = 0.5  # no table below this distance
+MAX_CELLS = 1 << 16  # per law; a law that needs more is not smooth enough to tabulate
+COEFFICIENTS_PER_CELL = 8  # the six of the quintic, padded so that a cell is one 64-byte cache line
+
+_SCAN_STEP_ANGSTROM = 5e-4  # spacing of the scan for joints
+_TEST_POINTS = np.array([0.1, 0.5 - 0.5 / math.sqrt(5.0), 0.5, 0.5 + 0.5 / math.sqrt(5.0), 0.9])  # per cell;
+# the quintic Hermite error's derivative peaks at s = ½ ± 1/(2√5)
+
+
+class TabulationError(MldError, ValueError):
+    """A kernel module whose pair laws cannot be tabulated to the asked accuracy."""
+
+
+class LawTable(NamedTuple):
+    """One pair law's table: quintic Hermite cells on [inner, outer), uniform in r."""
+
+    name: str  # e.g. "OH" or "OH_intra"
+    inner_angstrom: float  # first knot; below it the kernel calls the closed form
+    outer_angstrom: float  # last knot: the cutoff, or the joint of a bonded law's outer wall
+    cells: int
+    coefficients: np.ndarray  # (cells + 1, COEFFICIENTS_PER_CELL): p(s) = Σ c_m s^m; the extra cell
+    # continues the last knot's Taylor polynomial, for an r that rounds onto the outer knot
+    force_error_ev_per_angstrom: float  # largest |Δu'| found at the test points of every cell
+    energy_error_ev: float  # largest |Δu| there
+
+    @property
+    def step_angstrom(self) -> float:
+        return (self.outer_angstrom - self.inner_angstrom) / self.cells
+
+
+# --- the interpolant -------------------------------------------------------------------------------
+
+
+def quintic_hermite_coefficients(u: np.ndarray, du_dr: np.ndarray, d2u_dr2: np.ndarray, step: float) -> np.ndarray:
+    """(n − 1, 6) power-basis coefficients, in s ∈ [0, 1] of cells of width ``step``, of the quintics
+    that take the values, first and second derivatives given at the n knots at both ends."""
+    u0, u1 = u[:-1], u[1:]
+    d0, d1 = du_dr[:-1] * step, du_dr[1:] * step
+    c0, c1 = d2u_dr2[:-1] * step**2, d2u_dr2[1:] * step**2
+    a0, a1, a2 = u0, d0, 0.5 * c0
+    # p(1) = u1, p'(1) = d1, p''(1) = c1 for p = a0 + a1 s + a2 s² + a3 s³ + a4 s⁴ + a5 s⁵
+    rest_value = u1 - a0 - a1 - a2
+    rest_slope = d1 - a1 - 2.0 * a2
+    rest_curvature = c1 - 2.0 * a2
+    a3 = 10.0 * rest_value - 4.0 * rest_slope + 0.5 * rest_curvature
+    a4 = -15.0 * rest_value + 7.0 * rest_slope - rest_curvature
+    a5 = 6.0 * rest_value - 3.0 * rest_slope + 0.5 * rest_curvature
+    return np.stack([a0, a1, a2, a3, a4, a5], axis=1)
+
+
+@numba.njit(inline="always")
+def _cell(coefficients, first_cell, inverse_step, inner, r):
+    """(u, du/dr) of the table at r ≥ inner: the quintic of the cell r falls in, and its exact derivative."""
+    t = (r - inner) * inverse_step
+    k = int(t)
+    s = t - k
+    row = first_cell + k
+    c0 = coefficients[row, 0]
+    c1 = coefficients[row, 1]
+    c2 = coefficients[row, 2]
+    c3 = coefficients[row, 3]
+    c4 = coefficients[row, 4]
+    c5 = coefficients[row, 5]
+    u = c0 + s * (c1 + s * (c2 + s * (c3 + s * (c4 + s * c5))))
+    du_ds = c1 + s * (2.0 * c2 + s * (3.0 * c3 + s * (4.0 * c4 + s * (5.0 * c5))))
+    return u, du_ds * inverse_step
+
+
+@numba.njit(cache=True)
+def _evaluate_table(coefficients, inner, inverse_step, r):
+    """(u, du/dr) of one law's table at every r (inside its range): the lookup the kernels inline."""
+    u = np.empty(r.shape[0])
+    du = np.empty(r.shape[0])
+    for k in range(r.shape[0]):
+        u[k], du[k] = _cell(coefficients, 0, inverse_step, inner, r[k])
+    return u, du
+
+
+def evaluate_table(table: LawTable, r_angstrom: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(u eV, du/dr eV/Å) of ``table`` at each r in [inner, outer] Å, by the kernels' own lookup."""
+    r = np.ascontiguousarray(r_angstrom, dtype=float)
+    if r.size and (r.min() < table.inner_angstrom or r.max() > table.outer_angstrom):
+        raise ValueError(f"table {table.name} covers [{table.inner_angstrom}, {table.outer_angstrom}] Å only")
+    return _evaluate_table(table.coefficients, table.inner_angstrom, table.cells / (table.outer_angstrom -
+                                                                                       table.inner_angstrom), r)
+
+
+# --- a law as the kernel gives it ------------------------------------------------------------------
+
+
+@numba.njit
+def _sample(kernel, type_i, type_j, r):
+    """u(r) and u'(r) of ``kernel`` at every r (u' = −(force/r)·r)."""
+    u = np.empty(r.shape[0])
+    du = np.empty(r.shape[0])
+    for k in range(r.shape[0]):
+        e, f = kernel(type_i, type_j, r[k])
+        u[k] = e
+        du[k] = -f * r[k]
+    return u, du
+
+
+class _Law(NamedTuple):
+    name: str
+    kernel: object  # a numba dispatcher of the kernel contract
+    type_i: int
+    type_j: int
+    bonded: bool  # an intramolecular law: no cutoff, its table is the piece that holds its minimum
+
+    def __call__(self, r) -> tuple[np.ndarray, np.ndarray]:
+        return _sample(self.kernel, self.type_i, self.type_j, np.atleast_1d(np.asarray(r, dtype=float)))
+
+    def slope(self, r: float) -> float:
+        return float(self(r)[1][0])
+
+
+def second_derivative(law, r: np.ndarray, lower: float, upper: float, eta: float) -> np.ndarray:
+    """u''(r) by fourth-order finite differences of u', never sampling outside [lower, upper].
+
+    Central where the stencil fits (error η⁴u⁽⁶⁾/30), one-sided at the ends (η⁴u⁽⁶⁾/5).
+    """
+    r = np.asarray(r, dtype=float)
+    out = np.empty_like(r)
+    central = (r - 2 * eta >= lower) & (r + 2 * eta <= upper)
+    forward = ~central & (r - 2 * eta < lower)
+    backward = ~central & ~forward
+    if central.any():
+        x = r[central]
+        g = [law(x + m * eta)[1] for m in (-2, -1, 1, 2)]
+        out[central] = (g[0] - 8 * g[1] + 8 * g[2] - g[3]) / (12 * eta)
+    for mask, sign in ((forward, 1.0), (backward, -1.0)):
+        if mask.any():
+            x = r[mask]
+            g = [law(x + sign * m * eta)[1] for m in range(5)]
+            out[mask] = sign * (-25 * g[0] + 48 * g[1] - 36 * g[2] + 16 * g[3] - 3 * g[4]) / (12 * eta)
+    return out
+
+
+# --- joints: where u'' jumps -----------------------------------------------------------------------
+
+
+def _joint_candidates(r: np.ndarray, du: np.ndarray) -> list[tuple[float, float]]:
+    """Brackets [a, b] of the scan where the second difference of u' spikes above its neighbours.
+
+    A jump J in u'' between two scan points puts ~J·δ into the second difference of the two centres
+    next to it, where a smooth law gives ~δ²u'''. The centres two and three points away on either
+    side are untouched: each side predicts the centre by linear extrapolation, and the centre is a
+    spike when both predictions miss it by far more than either side's own variation (a jump in
+    u''' alone, with u'' continuous, is met by one side's prediction).
+    """
+    d2 = du[:-2] - 2.0 * du[1:-1] + du[2:]  # centred on r[1:-1]
+    if d2.size < 7:
+        return []
+    centre = d2[3:-3]
+    near_left, far_left = d2[1:-5], d2[:-6]
+    near_right, far_right = d2[5:-1], d2[6:]
+    miss_left = np.abs(centre - (3.0 * near_left - 2.0 * far_left))
+    miss_right = np.abs(centre - (3.0 * near_right - 2.0 * far_right))
+    variation = np.maximum(3.0 * np.abs(near_left - far_left) + 0.01 * np.abs(near_left),
+                           3.0 * np.abs(near_right - far_right) + 0.01 * np.abs(near_right))
+    noise = 64.0 * np.finfo(float).eps * np.maximum(np.abs(du[3:-5]), np.abs(du[5:-3])) + 1e-300
+    flagged = np.flatnonzero(np.minimum(miss_left, miss_right) > 100.0 * (variation + noise)) + 4  # r index
+    brackets = []
+    start = None
+    for k, centre in enumerate(flagged):
+        if start is None:
+            start = centre
+        if k + 1 == len(flagged) or flagged[k + 1] > centre + 2:
+            brackets.append((float(r[max(start - 2, 0)]), float(r[min(centre + 2, len(r) - 1)])))
+            start = None
+    return brackets
+
+
+def _locate_joint(law, a: float, b: float) -> tuple[float, float] | None:
+    """Shrink [a, b] around the point where u' has a kink; None if it holds no kink (a smooth spike).
+
+    Bisection that asks which piece the midpoint m lies on: u'(m) is met by the quadratic through
+    u' at a − 2d, a − d, a extrapolated to m = a + d if m is on a's piece, by the one from b's side
+    if on b's. A wrong answer needs the kink within ~u⁗d³/J of m, so the bracket ends within
+    rounding of the kink.
+    """
+    resolution = 4.0 * np.finfo(float).eps * max(1.0, abs(b))
+    while b - a > resolution:
+        d = 0.5 * (b - a)
+        m = a + d
+        if not a < m < b:
+            break
+        g = law(np.array([a - 2 * d, a - d, a, m, b, b + d, b + 2 * d]))[1]
+        from_left = 3.0 * g[2] - 3.0 * g[1] + g[0]
+        from_right = 3.0 * g[4] - 3.0 * g[5] + g[6]
+        if abs(g[3] - from_left) <= abs(g[3] - from_right):
+            a = m
+        else:
+            b = m
+    # a kink, not a smooth bump: u'' seen from the two sides differs (one-sided, second order)
+    eta = 1e-4
+    above = law(b + np.array([0.0, eta, 2 * eta]))[1]
+    below = law(a - np.array([0.0, eta, 2 * eta]))[1]
+    curvature_above = (-3 * above[0] + 4 * above[1] - above[2]) / (2 * eta)
+    curvature_below = (3 * below[0] - 4 * below[1] + below[2]) / (2 * eta)
+    jump = curvature_above - curvature_below
+    if abs(jump) <= 1e-4 * (abs(curvature_above) + abs(curvature_below)) + 1e-8:
+        return None
+    return a, b
+
+
+def table_range(law, lowest_angstrom: float, highest_angstrom: float, max_force_ev_per_angstrom: float
+                ) -> tuple[float, float]:
+    """[inner, outer] of one law's table: one smooth piece of [lowest, highest], |u'| bounded.
+
+    For a pair law the piece that ends at ``highest`` (the cutoff); for a bonded law the piece that
+    holds the lowest u. Pieces end at the law's joints (see the module docstring).
+    """
+    n = math.ceil((highest_angstrom - lowest_angstrom) / _SCAN_STEP_ANGSTROM) + 1
+    r = np.linspace(lowest_angstrom, highest_angstrom, n)
+    with np.errstate(all="ignore"):
+        u, du = law(r)
+    usable = np.isfinite(u) & np.isfinite(du) & (np.abs(du) <= max_force_ev_per_angstrom)
+    if law.bonded:
+        anchor = int(np.argmin(np.where(usable, u, np.inf)))
+    else:
+        anchor = n - 1
+    if not usable[anchor]:
+        raise TabulationError(f"law {law.name}: |u'| above {max_force_ev_per_angstrom} eV/Å or not finite at "
+                              f"{r[anchor]:.4f} Å, where its table would start")
+    first = anchor
+    while first > 0 and usable[first - 1]:
+        first -= 1
+    last = anchor
+    while last < n - 1 and usable[last + 1]:
+        last += 1
+    inner, outer = float(r[first]), float(r[last])
+    for a, b in _joint_candidates(r[first:last + 1], du[first:last + 1]):
+        joint = _locate_joint(law, a, b)
+        if joint is None:
+            continue
+        if joint[1] <= r[anchor]:
+            inner = max(inner, joint[1])  # start just above the joint: the closed form keeps [a, b]
+        else:
+            outer = min(outer, joint[0])
+    if not outer - inner > 16 * _SCAN_STEP_ANGSTROM:
+        raise TabulationError(f"law {law.name}: no smooth piece to tabulate around {r[anchor]:.4f} Å "
+                              f"(only [{inner:.6f}, {outer:.6f}] Å)")
+    return inner, outer
+
+
+# --- building one law's table ----------------------------------------------------------------------
+
+
+def _build(law, inner: float, outer: float, cells: int) -> tuple[np.ndarray, float, float]:
+    """(coefficients with the extra cell, max |Δu'|, max |Δu|) of a table of ``cells`` cells."""
+    knots = inner + (outer - inner) * np.arange(cells + 1) / cells
+    # the outer knot takes the law's limit from below: at the cutoff itself the kernel already
+    # answers zero, which for a law that is not shifted to zero there is not its limit
+    knots[-1] = np.nextafter(outer, -np.inf)
+    step = (outer - inner) / cells
+    u, du = law(knots)
+    d2u = second_derivative(law, knots, inner, outer, min(1e-3, step / 8))
+    coefficients = np.zeros((cells + 1, COEFFICIENTS_PER_CELL))
+    coefficients[:cells, :6] = quintic_hermite_coefficients(u, du, d2u, step)
+    coefficients[cells, :3] = u[-1], du[-1] * step, 0.5 * d2u[-1] * step**2
+    test = (inner + (np.arange(cells)[:, None] + _TEST_POINTS[None, :]) * step).ravel()
+    u_table, du_table = _evaluate_table(coefficients, inner, cells / (outer - inner), test)
+    u_law, du_law = law(test)
+    return coefficients, float(np.max(np.abs(du_table - du_law))), float(np.max(np.abs(u_table - u_law)))
+
+
+def tabulate_law(law, inner: float, outer: float, force_tolerance_ev_per_angstrom: float) -> LawTable:
+    """The coarsest uniform table on [inner, outer] whose force error at the test points is within tolerance.
+
+    The quintic's force error falls as h⁵ (energy as h⁶): start at 4 cells per Å, then scale the
+    cell count by the error ratio to the power 1/5, with a margin, until it holds.
+    """
+    # per pair, eV: the force tolerance times 0.1 Å. A quintic cell's energy error is ~h/20 of its
+    # force error, so this binds only on coarse grids.
+    tolerance_energy = force_tolerance_ev_per_angstrom * 0.1
+    cells = max(4, math.ceil(4 * (outer - inner)))
+    while True:
+        coefficients, force_error, energy_error = _build(law, inner, outer, cells)
+        if not (np.isfinite(force_error) and np.isfinite(energy_error)):
+            raise TabulationError(f"law {law.name}: not finite on [{inner:.4f}, {outer:.4f}] Å")
+        if force_error <= force_tolerance_ev_per_angstrom and energy_error <= tolerance_energy:
+            return LawTable(law.name, inner, outer, cells, coefficients, force_error, energy_error)
+        ratio = max(force_error / force_tolerance_ev_per_angstrom, energy_error / tolerance_energy)
+        grown = math.ceil(cells * min(max(ratio**0.2 * 1.15, 1.25), 16.0))
+        if grown > MAX_CELLS:
+            raise TabulationError(
+                f"law {law.name}: {cells} cells on [{inner:.4f}, {outer:.4f}] Å still miss the force by "
+                f"{force_error:.2e} eV/Å (tolerance {force_tolerance_ev_per_angstrom:.1e}); a joint the scan "
+                "did not find, or a law too steep to tabulate")
+        cells = grown
+
+
+# --- the compiled kernels of a tabulated module ----------------------------------------------------
+
+
+class _Rows(NamedTuple):
+    """Every table of one kernel, concatenated: what its compiled lookup closes over."""
+
+    row_of_types: np.ndarray  # (S, S) int64: the table of a species pair
+    inner: np.ndarray  # (rows,) Å; inf for a pair without a table (the closed form answers)
+    outer: np.ndarray  # (rows,) Å
+    inverse_step: np.ndarray  # (rows,) 1/Å
+    first_cell: np.ndarray  # (rows,) int64: offset of the row's cells in ``coefficients``
+    coefficients: np.ndarray  # (Σ cells + 1, COEFFICIENTS_PER_CELL)
+
+
+def _rows(tables: dict[tuple[int, int], LawTable], n_species: int) -> _Rows:
+    row_of_types = np.full((n_species, n_species), len(tables), dtype=np.int64)  # last row: no table
+    inner, outer, inverse_step, first_cell, blocks = [], [], [], [], []
+    offset = 0
+    for row, ((a, b), table) in enumerate(tables.items()):
+        row_of_types[a, b] = row_of_types[b, a] = row
+        inner.append(table.inner_angstrom)
+        outer.append(table.outer_angstrom)
+        inverse_step.append(table.cells / (table.outer_angstrom - table.inner_angstrom))
+        first_cell.append(offset)
+        blocks.append(table.coefficients)
+        offset += table.coefficients.shape[0]
+    inner.append(math.inf)
+    outer.append(math.inf)
+    inverse_step.append(0.0)
+    first_cell.append(0)
+    blocks.append(np.zeros((1, COEFFICIENTS_PER_CELL)))
+    return _Rows(row_of_types, np.array(inner), np.array(outer), np.array(inverse_step),
+                 np.array(first_cell, dtype=np.int64), np.ascontiguousarray(np.concatenate(blocks)))
+
+
+def _make_kernel(closed_form, rows: _Rows):
+    """A kernel of the contract: the table inside each law's range, ``closed_form`` outside it."""
+    row_of_types = rows.row_of_types
+    inner = rows.inner
+    outer = rows.outer
+    inverse_step = rows.inverse_step
+    first_cell = rows.first_cell
+    coefficients = rows.coefficients
+
+    @numba.njit
+    def tabulated_energy_force(type_i, type_j, r):
+        row = row_of_types[type_i, type_j]
+        lo = inner[row]
+        if r < lo or r >= outer[row]:
+            # the core, a bonded law's outer wall, the cutoff and beyond: the closed form, exactly
+            return closed_form(type_i, type_j, r)
+        u, du = _cell(coefficients, first_cell[row], inverse_step[row], lo, r)
+        return u, -du / r
+
+    return tabulated_energy_force
+
+
+def _make_pair_energy_forces(pair_energy_force, cutoff: float):
+    """O(N²) minimum-image reference over the pair kernel, as the generated modules have it."""
+
+    @numba.njit
+    def pair_energy_forces(positions, types, box):
+        n = positions.shape[0]
+        forces = np.zeros((n, 3))
+        loss = np.zeros(n)
+        energy = 0.0
+        for i in range(n):
+            for j in range(i + 1, n):
+                dx = positions[i, 0] - positions[j, 0]
+                dy = positions[i, 1] - positions[j, 1]
+                dz = positions[i, 2] - positions[j, 2]
+                dx -= box[0] * round(dx / box[0])
+                dy -= box[1] * round(dy / box[1])
+                dz -= box[2] * round(dz / box[2])
+                r = math.sqrt(dx * dx + dy * dy + dz * dz)
+                if r >= cutoff:
+                    continue
+                e, f = pair_energy_force(types[i], types[j], r)
+                energy += e
+                loss[i] += e
+                loss[j] += e
+                forces[i, 0] += f * dx
+                forces[i, 1] += f * dy
+                forces[i, 2] += f * dz
+                forces[j, 0] -= f * dx
+                forces[j, 1] -= f * dy
+                forces[j, 2] -= f * dz
+        return energy, forces, loss
+
+    return pair_energy_forces
+
+
+def _make_manybody_energy_forces(pair_energy_forces, triplet_energy_gradient, cutoff3: float):
+    """Pairs plus every triplet j–k–l (j < l within r_3 of k), by the minimum image: O(N³), for tests."""
+
+    @numba.njit
+    def energy_forces(positions, types, box):
+        energy, forces, loss = pair_energy_forces(positions, types, box)
+        n = positions.shape[0]
+        near = np.empty(n, dtype=np.int64)
+        vectors = np.empty((n, 3))
+        distances = np.empty(n)
+        for k in range(n):
+            m = 0
+            for j in range(n):
+                if j == k:
+                    continue
+                d0 = positions[j, 0] - positions[k, 0]
+                d1 = positions[j, 1] - positions[k, 1]
+                d2 = positions[j, 2] - positions[k, 2]
+                d0 -= box[0] * round(d0 / box[0])
+                d1 -= box[1] * round(d1 / box[1])
+                d2 -= box[2] * round(d2 / box[2])
+                r = math.sqrt(d0 * d0 + d1 * d1 + d2 * d2)
+                if r < cutoff3:
+                    near[m] = j
+                    distances[m] = r
+                    vectors[m, 0] = d0
+                    vectors[m, 1] = d1
+                    vectors[m, 2] = d2
+                    m += 1
+            for a in range(m):
+                for b in range(a + 1, m):
+                    j = near[a]
+                    l = near[b]
+                    r1 = distances[a]
+                    r2 = distances[b]
+                    inv12 = 1.0 / (r1 * r2)
+                    cos = (vectors[a, 0] * vectors[b, 0] + vectors[a, 1] * vectors[b, 1]
+                           + vectors[a, 2] * vectors[b, 2]) * inv12
+                    w, g1, g2, gc = triplet_energy_gradient(types[k], types[j], types[l], r1, r2, cos)
+                    energy += w
+                    loss[k] += w
+                    for c in range(3):
+                        grad_j = g1 * vectors[a, c] / r1 + gc * (vectors[b, c] * inv12 - cos * vectors[a, c] / (r1 * r1))
+                        grad_l = g2 * vectors[b, c] / r2 + gc * (vectors[a, c] * inv12 - cos * vectors[b, c] / (r2 * r2))
+                        forces[j, c] -= grad_j
+                        forces[l, c] -= grad_l
+                        forces[k, c] += grad_j + grad_l
+        return energy, forces, loss
+
+    return energy_forces
+
+
+def _make_molecular_energy_forces(pair_energy_force, intra_pair_energy_force, cutoff: float):
+    """O(N²) reference of a molecular model: bonded law inside a molecule at any r, pair law between."""
+
+    @numba.njit
+    def energy_forces(positions, types, box, molecules):
+        n = positions.shape[0]
+        forces = np.zeros((n, 3))
+        loss = np.zeros(n)
+        energy = 0.0
+        for i in range(n):
+            for j in range(i + 1, n):
+                dx = positions[i, 0] - positions[j, 0]
+                dy = positions[i, 1] - positions[j, 1]
+                dz = positions[i, 2] - positions[j, 2]
+                dx -= box[0] * round(dx / box[0])
+                dy -= box[1] * round(dy / box[1])
+                dz -= box[2] * round(dz / box[2])
+                r = math.sqrt(dx * dx + dy * dy + dz * dz)
+                if molecules[i] == molecules[j]:
+                    e, f = intra_pair_energy_force(types[i], types[j], r)
+                elif r < cutoff:
+                    e, f = pair_energy_force(types[i], types[j], r)
+                else:
+                    continue
+                energy += e
+                loss[i] += e
+                loss[j] += e
+                forces[i, 0] += f * dx
+                forces[i, 1] += f * dy
+                forces[i, 2] += f * dz
+                forces[j, 0] -= f * dx
+                forces[j, 1] -= f * dy
+                forces[j, 2] -= f * dz
+        return energy, forces, loss
+
+    return energy_forces
+
+
+# --- the module ------------------------------------------------------------------------------------
+
+
+def _laws(kernel_module: ModuleType) -> list[_Law]:
+    species = tuple(kernel_module.SPECIES)
+    n = len(species)
+    pairs = [(a, b) for a in range(n) for b in range(a, n)]
+    laws = [_Law(species[a] + species[b], kernel_module.pair_energy_force, a, b, False) for a, b in pairs]
+    if is_molecular(kernel_module):
+        has_law = np.asarray(kernel_module.INTRA_PAIR_TYPES, dtype=bool)
+        laws += [_Law(species[a] + species[b] + "_intra", kernel_module.intra_pair_energy_force, a, b, True)
+                 for a, b in pairs if has_law[a, b]]
+    return laws
+
+
+def _module_name(kernel_module: ModuleType, tolerance: float) -> str:
+    """A name that changes with the source's code and the tolerance: ``simulate.md`` fingerprints
+    checkpoints of a module without a file by its name."""
+    path = getattr(kernel_module, "__file__", None)
+    if path and Path(path).is_file():
+        source = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    else:
+        source = getattr(kernel_module, "__name__", "kernels")
+    return f"mld_tabulated_{source}_{tolerance:.0e}".replace("+", "").replace("-", "m").replace(".", "_")
+
+
+def tabulate_kernel_module(
+    kernel_module: ModuleType,
+    force_tolerance_ev_per_angstrom: float = DEFAULT_FORCE_TOLERANCE_EV_PER_ANGSTROM,
+    *,
+    max_force_ev_per_angstrom: float = DEFAULT_MAX_FORCE_EV_PER_ANGSTROM,
+    min_inner_angstrom: float = DEFAULT_MIN_INNER_ANGSTROM,
+    label: str | None = None,
+) -> ModuleType:
+    """A kernel module that runs ``kernel_module``'s pair laws from tables (see the module docstring).
+
+    ``pair_energy_force`` (and ``intra_pair_energy_force``) read the tables, ``energy_forces`` sums
+    them (and the source's ``triplet_energy_gradient``, unchanged); every other public constant of
+    the source is passed through. ``PAIR_TABLES`` holds the :class:`LawTable` of every law (range,
+    cells, errors found) and ``SOURCE_KERNEL_MODULE`` the closed form.
+    """
+    label = label or getattr(kernel_module, "__file__", None) or getattr(kernel_module, "__name__", "kernel module")
+    check_kernel_module(kernel_module, label)
+    if not force_tolerance_ev_per_angstrom > 0:
+        raise TabulationError(f"{label}: force tolerance must be positive, not {force_tolerance_ev_per_angstrom}")
+    cutoff = float(kernel_module.CUTOFF_ANGSTROM)
+    if not min_inner_angstrom < cutoff:
+        raise TabulationError(f"{label}: the table's lowest distance {min_inner_angstrom} Å is not below the cutoff")
+    tables: dict[str, dict[tuple[int, int], LawTable]] = {"pair": {}, "intra": {}}
+    for law in _laws(kernel_module):
+        try:
+            inner, outer = table_range(law, min_inner_angstrom, cutoff, max_force_ev_per_angstrom)
+            table = tabulate_law(law, inner, outer, force_tolerance_ev_per_angstrom)
+        except TabulationError as exc:
+            raise TabulationError(f"{label}: {exc}") from None
+        tables["intra" if law.bonded else "pair"][(law.type_i, law.type_j)] = table
+    n_species = len(kernel_module.SPECIES)
+
+    module = ModuleType(_module_name(kernel_module, force_tolerance_ev_per_angstrom),
+                        f"Pair laws of {label} from quintic Hermite tables (simulate.tabulate).")
+    for name in dir(kernel_module):
+        if name.isupper() and not name.startswith("_"):
+            setattr(module, name, getattr(kernel_module, name))
+    pair_energy_force = _make_kernel(kernel_module.pair_energy_force, _rows(tables["pair"], n_species))
+    module.pair_energy_force = pair_energy_force
+    pair_energy_forces = _make_pair_energy_forces(pair_energy_force, cutoff)
+    if is_molecular(kernel_module):
+        module.intra_pair_energy_force = _make_kernel(kernel_module.intra_pair_energy_force,
+                                                      _rows(tables["intra"], n_species))
+        module.energy_forces = _make_molecular_energy_forces(pair_energy_force, module.intra_pair_energy_force,
+                                                             cutoff)
+    elif has_threebody(kernel_module):
+        module.triplet_energy_gradient = kernel_module.triplet_energy_gradient
+        module.energy_forces = _make_manybody_energy_forces(pair_energy_forces, kernel_module.triplet_energy_gradient,
+                                                            float(kernel_module.THREEBODY_CUTOFF_ANGSTROM))
+    else:
+        module.energy_forces = pair_energy_forces
+    if hasattr(kernel_module, "triplet_energy_gradient"):
+        module.triplet_energy_gradient = kernel_module.triplet_energy_gradient
+    module.PAIR_TABLES = tuple(tables["pair"].values()) + tuple(tables["intra"].values())
+    module.SOURCE_KERNEL_MODULE = kernel_module
+    module.FORCE_TOLERANCE_EV_PER_ANGSTROM = float(force_tolerance_ev_per_angstrom)
+    check_kernel_module(module, f"tabulated {label}")
+    return module
+
+
+def describe(tabulated_module: ModuleType) -> str:
+    """One line per law: its table's range, cells, and the largest errors found at the test points."""
+    lines = []
+    for t in tabulated_module.PAIR_TABLES:
+        lines.append(f"{t.name:>9}: [{t.inner_angstrom:.6f}, {t.outer_angstrom:.6f}] Å, {t.cells} cells of "
+                     f"{t.step_angstrom * 1e3:.2f} mÅ, max |ΔF| {t.force_error_ev_per_angstrom:.1e} eV/Å, "
+                     f"max |Δu| {t.energy_error_ev:.1e} eV")
+    return "\n".join(lines)

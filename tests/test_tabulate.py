@@ -1,0 +1,327 @@
+"""Tabulated pair laws (simulate.tabulate): as accurate as the closed form on real water, exactly conservative."""
+
+import math
+from pathlib import Path
+from types import ModuleType
+
+import numba
+import numpy as np
+import pandas as pd
+import pytest
+
+from simulate import energy, md, tabulate, topology
+from simulate.kernels import check_kernel_module, load_kernel_module
+from tests.kernel_examples.starting_frames import DATASET, water32_frame
+
+ROOT = Path(__file__).resolve().parents[1]
+PAIRWISE = ROOT / "models" / "default" / "pairwise" / "kernels.py"
+MANYBODY = ROOT / "models" / "default" / "kernels.py"
+MOLECULAR = ROOT / "models" / "molecular" / "kernels.py"
+# the wall joints of the learned laws, as models/default/pairwise/kernels.py states them
+WALL_JOINTS_ANGSTROM = {"OO": 2.4566361988339187, "OH": 0.8954048302215907, "HH": 1.356065371443905}
+
+pytestmark = pytest.mark.skipif(not DATASET.is_file(), reason="needs data/water32_300K.npz")
+
+
+@pytest.fixture(scope="module")
+def modules():
+    """{name: (closed form, tabulated)} for the learned pairwise, many-body and molecular models."""
+    out = {}
+    for name, path in (("pairwise", PAIRWISE), ("manybody", MANYBODY), ("molecular", MOLECULAR)):
+        closed = load_kernel_module(path)
+        out[name] = (closed, tabulate.tabulate_kernel_module(closed))
+    return out
+
+
+@pytest.fixture(scope="module")
+def frames():
+    """(types, box, positions of 8 frames spread over the CP2K run) of the shipped dataset."""
+    with np.load(DATASET) as npz:
+        species = npz["species"].astype(str)
+        positions = npz["positions"]
+        box = np.diag(npz["cell"][0]).copy()
+    chosen = np.linspace(0, len(positions) - 1, 8).astype(int)
+    types = np.array([("O", "H").index(s) for s in species], dtype=np.int64)
+    return types, box, positions[chosen]
+
+
+def _energy_forces(module, positions, types, box):
+    if getattr(module, "TOPOLOGY", "atomic") == "molecular":
+        bond = topology.bond_cutoff_matrix(module.BOND_CUTOFF_ANGSTROM, len(module.SPECIES))
+        molecules = topology.assign_molecules(positions, box, types, bond)
+        return module.energy_forces(positions, types, box, molecules)
+    return module.energy_forces(positions, types, box)
+
+
+# --- the interpolant -------------------------------------------------------------------------------
+
+
+def test_quintic_hermite_takes_the_given_value_slope_and_curvature_at_both_knots():
+    rng = np.random.default_rng(1)
+    u, du, d2u = rng.normal(size=(3, 9))
+    step = 0.037
+    c = tabulate.quintic_hermite_coefficients(u, du, d2u, step)
+    powers = np.arange(6)
+    for s, k in ((0.0, slice(None, -1)), (1.0, slice(1, None))):
+        value = c @ (s ** powers)
+        slope = c[:, 1:] @ (powers[1:] * s ** (powers[1:] - 1)) / step
+        curvature = c[:, 2:] @ (powers[2:] * (powers[2:] - 1) * s ** (powers[2:] - 2)) / step**2
+        np.testing.assert_allclose(value, u[k], rtol=0, atol=1e-13)
+        np.testing.assert_allclose(slope, du[k], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(curvature, d2u[k], rtol=0, atol=1e-10)
+
+
+def test_quintic_hermite_reproduces_a_quintic_exactly():
+    poly = np.polynomial.Polynomial([0.3, -1.2, 0.7, 2.0, -0.4, 0.05])
+    knots = np.linspace(0.5, 2.5, 11)
+    c = tabulate.quintic_hermite_coefficients(poly(knots), poly.deriv()(knots), poly.deriv(2)(knots), 0.2)
+    table = tabulate.LawTable("p", 0.5, 2.5, 10, np.pad(np.vstack([c, np.zeros(6)]), ((0, 0), (0, 2))), 0.0, 0.0)
+    r = np.linspace(0.5, 2.4999, 997)
+    u, du = tabulate.evaluate_table(table, r)
+    np.testing.assert_allclose(u, poly(r), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(du, poly.deriv()(r), rtol=0, atol=1e-11)
+
+
+def test_table_is_exact_at_its_knots(modules):
+    """At every knot the table returns the kernel's own u and u' (to rounding)."""
+    closed, tabulated = modules["pairwise"]
+    for a, b in ((0, 0), (0, 1), (1, 1)):
+        table = tabulated.PAIR_TABLES[[(0, 0), (0, 1), (1, 1)].index((a, b))]
+        knots = table.inner_angstrom + table.step_angstrom * np.arange(table.cells)
+        u, du = tabulate.evaluate_table(table, knots)
+        exact = np.array([closed.pair_energy_force(a, b, r) for r in knots])
+        np.testing.assert_allclose(u, exact[:, 0], rtol=0, atol=1e-13)
+        np.testing.assert_allclose(du, -exact[:, 1] * knots, rtol=1e-12, atol=1e-12)
+
+
+# --- against the closed form -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["pairwise", "manybody", "molecular"])
+def test_tabulated_forces_match_the_closed_form_on_cp2k_frames(modules, frames, name):
+    closed, tabulated = modules[name]
+    types, box, positions = frames
+    force_error = force_norm = 0.0
+    for x in positions:
+        e_closed, f_closed, loss_closed = _energy_forces(closed, x, types, box)
+        e_table, f_table, loss_table = _energy_forces(tabulated, x, types, box)
+        force_error += np.sum((f_table - f_closed) ** 2)
+        force_norm += np.sum(f_closed**2)
+        assert abs(e_table - e_closed) <= 1e-7 * abs(e_closed)
+        np.testing.assert_allclose(loss_table, loss_closed, rtol=0, atol=1e-7 * np.abs(loss_closed).max())
+    assert math.sqrt(force_error / force_norm) <= 1e-6
+
+
+def test_tabulated_module_runs_in_the_compiled_force_loops(modules, frames):
+    """simulate.energy's neighbour-list loops give the tabulated module's own O(N²) reference."""
+    _, tabulated = modules["pairwise"]
+    types, box, positions = frames
+    force_fn = energy.make_force_fn(tabulated, types, box)
+    for x in positions[:3]:
+        _, result = force_fn(x)
+        e, f, loss = tabulated.energy_forces(x, types, box)
+        assert result.energy_ev == pytest.approx(e, rel=1e-12)
+        np.testing.assert_allclose(result.forces_ev_per_angstrom, f, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(result.atom_loss_ev, loss, rtol=0, atol=1e-10)
+
+
+def test_tables_start_at_the_wall_joints_and_leave_the_core_to_the_closed_form(modules):
+    closed, tabulated = modules["pairwise"]
+    for table in tabulated.PAIR_TABLES:
+        assert table.inner_angstrom == pytest.approx(WALL_JOINTS_ANGSTROM[table.name], abs=1e-12)
+        assert table.outer_angstrom == closed.CUTOFF_ANGSTROM
+    # below the joint the kernel is the closed form itself, bit for bit
+    for a, b in ((0, 0), (0, 1), (1, 1)):
+        joint = tabulated.PAIR_TABLES[a + b].inner_angstrom
+        for r in np.linspace(0.7, joint, 20)[:-1]:
+            assert tabulated.pair_energy_force(a, b, r) == closed.pair_energy_force(a, b, r)
+
+
+def test_pair_laws_are_exactly_zero_at_and_beyond_the_cutoff(modules):
+    _, tabulated = modules["pairwise"]
+    rc = tabulated.CUTOFF_ANGSTROM
+    for a, b in ((0, 0), (0, 1), (1, 1)):
+        for r in (rc, np.nextafter(rc, np.inf), 1.2 * rc, 50.0):
+            assert tabulated.pair_energy_force(a, b, r) == (0.0, 0.0)
+        u, f = tabulated.pair_energy_force(a, b, np.nextafter(rc, 0.0))
+        assert abs(u) < 1e-12 and abs(f) < 1e-12  # and continuous there
+
+
+def test_manybody_and_molecular_modules_keep_their_other_parts(modules, frames):
+    closed, tabulated = modules["manybody"]
+    assert tabulated.triplet_energy_gradient is closed.triplet_energy_gradient
+    assert tabulated.THREEBODY_CUTOFF_ANGSTROM == closed.THREEBODY_CUTOFF_ANGSTROM
+    assert tabulated.pair_energy_force is not closed.pair_energy_force
+    check_kernel_module(tabulated)
+
+    closed, tabulated = modules["molecular"]
+    for name in ("TOPOLOGY", "BOND_CUTOFF_ANGSTROM", "INTRA_PAIR_TYPES", "SPECIES", "MASSES_AMU", "CUTOFF_ANGSTROM"):
+        assert getattr(tabulated, name) == getattr(closed, name)
+    # the bonded laws are tabulated between their inner and outer walls, the walls stay closed form
+    intra = {t.name: t for t in tabulated.PAIR_TABLES if t.name.endswith("_intra")}
+    assert sorted(intra) == ["HH_intra", "OH_intra"]
+    oh = intra["OH_intra"]
+    assert oh.inner_angstrom == pytest.approx(0.8954048302215907, abs=1e-12)
+    assert oh.outer_angstrom == pytest.approx(1.053809457184908, abs=1e-12)
+    for r in (0.85, 1.06, 1.3):
+        assert tabulated.intra_pair_energy_force(0, 1, r) == closed.intra_pair_energy_force(0, 1, r)
+    r = np.linspace(oh.inner_angstrom, oh.outer_angstrom, 101)[1:-1]
+    got = np.array([tabulated.intra_pair_energy_force(1, 0, x) for x in r])
+    want = np.array([closed.intra_pair_energy_force(1, 0, x) for x in r])
+    np.testing.assert_allclose(got * np.stack([np.ones_like(r), r], 1), want * np.stack([np.ones_like(r), r], 1),
+                               rtol=0, atol=1e-8)
+
+
+# --- conservative ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def coarse_pairwise(modules):
+    """The learned pairwise model from a deliberately coarse table (10⁻³ eV/Å): far from the closed
+    form, still the exact derivative of its own energy."""
+    return tabulate.tabulate_kernel_module(modules["pairwise"][0], 1e-3)
+
+
+def test_tabulated_force_is_the_exact_derivative_of_the_tabulated_energy(modules, coarse_pairwise):
+    closed = modules["pairwise"][0]
+    step = 1e-6
+    rng = np.random.default_rng(4)
+    for a, b in ((0, 0), (0, 1), (1, 1)):
+        table = coarse_pairwise.PAIR_TABLES[a + b]
+        r = rng.uniform(table.inner_angstrom + step, table.outer_angstrom - step, 400)
+        u_plus = np.array([coarse_pairwise.pair_energy_force(a, b, x + step)[0] for x in r])
+        u_minus = np.array([coarse_pairwise.pair_energy_force(a, b, x - step)[0] for x in r])
+        force = np.array([coarse_pairwise.pair_energy_force(a, b, x)[1] for x in r]) * r
+        closed_force = np.array([closed.pair_energy_force(a, b, x)[1] for x in r]) * r
+        finite_difference = -(u_plus - u_minus) / (2 * step)
+        assert np.max(np.abs(finite_difference - force)) < 2e-8
+        assert np.max(np.abs(closed_force - force)) > 1e-6  # the claim above is the table's, not the closed form's
+
+
+def test_tabulated_forces_are_minus_the_gradient_of_the_tabulated_energy(coarse_pairwise, frames):
+    types, box, positions = frames
+    x = positions[0].copy()
+    _, forces, _ = coarse_pairwise.energy_forces(x, types, box)
+    step = 1e-5
+    for atom, axis in ((0, 0), (1, 2), (50, 1), (95, 0)):
+        plus, minus = x.copy(), x.copy()
+        plus[atom, axis] += step
+        minus[atom, axis] -= step
+        gradient = (coarse_pairwise.energy_forces(plus, types, box)[0]
+                    - coarse_pairwise.energy_forces(minus, types, box)[0]) / (2 * step)
+        assert -gradient == pytest.approx(forces[atom, axis], abs=1e-7)
+
+
+def _nve_energy_error(module, tmp_path: Path, steps: int) -> tuple[float, float]:
+    """(standard deviation, drift) in eV of the total energy of an NVE run of ``mld simulate``'s loop
+    (compiled blocks) from CP2K frame 0; drift = mean of the last quarter − mean of the first."""
+    species, positions, box, velocities = water32_frame()
+    md.simulate(module, species, positions, box, velocities, steps=steps, dt_fs=0.5, thermostat="nve",
+                out_dir=tmp_path, thermo_every=10, trajectory_every=steps, checkpoint_every=steps)
+    total = pd.read_csv(tmp_path / "thermo.csv")["total_ev"].to_numpy()
+    quarter = len(total) // 4
+    return float(np.std(total)), float(abs(total[-quarter:].mean() - total[:quarter].mean()))
+
+
+def test_nve_conserves_energy_as_well_as_the_closed_form(modules, coarse_pairwise, tmp_path):
+    closed, tabulated = modules["pairwise"]
+    steps = 1000  # 0.5 ps
+    spread_closed, drift_closed = _nve_energy_error(closed, tmp_path / "closed", steps)
+    spread_table, drift_table = _nve_energy_error(tabulated, tmp_path / "table", steps)
+    spread_coarse, drift_coarse = _nve_energy_error(coarse_pairwise, tmp_path / "coarse", steps)
+    assert spread_closed < 1e-4 * 96  # a real NVE run: ~3e-5 eV/atom of velocity-Verlet fluctuation
+    assert spread_table <= 1.1 * spread_closed
+    assert drift_table <= drift_closed + spread_closed
+    # conservation is the construction's, not the accuracy's: a table 10⁵× coarser conserves as well
+    assert spread_coarse <= 1.25 * spread_closed
+    assert drift_coarse <= drift_closed + spread_closed
+
+
+# --- other kernel modules and bad input ----------------------------------------------------------------
+
+
+def _module(law, cutoff: float, name: str = "hand_written") -> ModuleType:
+    """A one-species kernel module around a scalar njit law u(r), du/dr (shifted elsewhere if needed)."""
+
+    @numba.njit
+    def pair_energy_force(type_i, type_j, r):
+        if r >= cutoff:
+            return 0.0, 0.0
+        u, du = law(r)
+        return u, -du / r
+
+    module = ModuleType(name)
+    module.SPECIES = ("Ar",)
+    module.MASSES_AMU = (39.948,)
+    module.CUTOFF_ANGSTROM = cutoff
+    module.pair_energy_force = pair_energy_force
+    module.energy_forces = tabulate._make_pair_energy_forces(pair_energy_force, cutoff)
+    return module
+
+
+JOINT = 1.234567890123
+
+
+@numba.njit
+def _smooth(r):
+    """u = x³(0.02 + 0.01x)·cos r, x = 4 − r: goes to zero with its slope at 4 Å; and du/dr."""
+    x = 4.0 - r
+    p = x**3 * (0.02 + 0.01 * x)
+    dp_dr = -(3.0 * x**2 * (0.02 + 0.01 * x) + 0.01 * x**3)
+    return p * math.cos(r), dp_dr * math.cos(r) - p * math.sin(r)
+
+
+@numba.njit
+def _law_with_a_joint(r):
+    """The smooth law above JOINT; below it a steep wall joined C¹ (u'' jumps by 18 eV/Å²)."""
+    if r >= JOINT:
+        return _smooth(r)
+    u0, du0 = _smooth(JOINT)
+    x = r - JOINT
+    return u0 + du0 * x + 0.5 * (math.exp(-6.0 * x) - 1.0 + 6.0 * x), du0 + 3.0 * (1.0 - math.exp(-6.0 * x))
+
+
+def test_joint_of_a_hand_written_law_is_found_and_tabulated():
+    module = _module(_law_with_a_joint, 4.0)
+    tabulated = tabulate.tabulate_kernel_module(module, 1e-9)
+    (table,) = tabulated.PAIR_TABLES
+    assert table.inner_angstrom == pytest.approx(JOINT, abs=1e-12)
+    r = np.linspace(0.9, 3.999, 3001)
+    got = np.array([tabulated.pair_energy_force(0, 0, x) for x in r])
+    want = np.array([module.pair_energy_force(0, 0, x) for x in r])
+    assert np.max(np.abs(got[:, 1] - want[:, 1]) * r) < 1e-9
+    assert np.max(np.abs(got[:, 0] - want[:, 0])) < 1e-10
+
+
+@numba.njit
+def _law_cut_without_shift(r):
+    """The smooth law plus a constant and a slope: u and u' jump to zero at the 4 Å cutoff."""
+    u, du = _smooth(r)
+    return u + 0.05 - 0.02 * r, du - 0.02
+
+
+def test_a_law_cut_without_shift_keeps_its_step_at_the_cutoff():
+    module = _module(_law_cut_without_shift, 4.0)
+    tabulated = tabulate.tabulate_kernel_module(module)
+    (table,) = tabulated.PAIR_TABLES
+    assert table.outer_angstrom == 4.0
+    below = np.nextafter(4.0, 0.0)
+    u, f = tabulated.pair_energy_force(0, 0, below)
+    u_closed, f_closed = module.pair_energy_force(0, 0, below)
+    assert u == pytest.approx(u_closed, abs=1e-10) and f == pytest.approx(f_closed, abs=1e-10)
+    assert abs(u_closed) > 0.01  # the step is there, and the table keeps it
+    assert tabulated.pair_energy_force(0, 0, 4.0) == (0.0, 0.0)
+
+
+@numba.njit
+def _law_not_finite(r):
+    if r > 2.0:
+        return math.nan, math.nan
+    return 1.0 / r, -1.0 / r**2
+
+
+def test_a_law_that_cannot_be_tabulated_is_a_one_line_error():
+    with pytest.raises(tabulate.TabulationError) as caught:
+        tabulate.tabulate_kernel_module(_module(_law_not_finite, 3.0), label="nan_law.py")
+    message = str(caught.value)
+    assert "nan_law.py" in message and "ArAr" in message and "\n" not in message
