@@ -15,7 +15,11 @@ chain also offer
 ``run(state, n_steps, max_force_ev_per_angstrom, min_distance_angstrom) -> (state, steps done,
 list builds)``: up to ``n_steps`` steps in one compiled loop that calls the same compiled pieces
 (kicks, drifts, chain half-steps, list builds, force functions) in the same order, so it reaches the
-states of ``step`` bit for bit. It stops early, before committing it, at a step that ``step`` must
+states of ``step`` bit for bit. Only its last step computes energy, per-atom losses and virial (nobody
+reads them in between, as LAMMPS computes energies only on output steps); from 1,000 atoms the others
+take the same forces, bit for bit, from the forces-only variant of the force loop
+(:func:`simulate.energy._make_loops`).
+It stops early, before committing it, at a step that ``step`` must
 take instead: one whose list or three-body rows overflow (``step`` widens them) or whose state
 fails the checks of :mod:`simulate.md` (``step`` then gives the state to report). ``run`` is
 ``None`` for a force function that is not :func:`simulate.energy.make_force_fn`'s, and for Langevin
@@ -333,19 +337,25 @@ _BLOCKS: dict = {}
 _STOP_LIST_OVERFLOW, _STOP_TRIPLET_OVERFLOW, _STOP_UNHEALTHY = 1, 2, 3
 
 
-def _make_block(forces_of, build, kick_loop, drift_loop, nose_hoover):
+def _make_block(forces_of, forces_between, build, kick_loop, drift_loop, nose_hoover):
     """A compiled loop of velocity-Verlet steps (with the chain's half-steps around them if ``nose_hoover``).
 
     Every piece is the compiled function the Python ``step`` calls, in the same order; the list is
-    checked and rebuilt as :func:`simulate.partition.update` does, at the same width.
+    checked and rebuilt as :func:`simulate.partition.update` does, at the same width. Steps before the
+    last take their forces from ``forces_between``: the forces-only variant of ``forces_of`` (the same
+    forces bit for bit, without the energies, per-atom losses and virials nobody reads between
+    outputs), or ``forces_of`` itself for a small system, where compiling the variant would cost more
+    than it saves. The last step, and the last good one of a block that stops early, call
+    ``forces_of``, so the state returned is complete. A non-finite energy with finite forces is
+    therefore caught at the last step only (``step`` then takes it and reports it).
     """
 
     @numba.njit
     def block(n_steps, positions, velocities, masses, accel, dt, force_out, list_arrays, list_settings, types,
               box, cutoffs, work, chain_state, chain_settings, limits):
         forces, loss, nearest, energy_ev, virial_ev = force_out
-        neighbors, counts, order, layer_start, reference = list_arrays
-        n_cells, brute, list_cutoff, skin = list_settings
+        neighbors, counts, image, wrap, order, layer_start, reference = list_arrays
+        n_cells, brute, half, list_cutoff, skin = list_settings
         xi, v_xi, q_mass = chain_state
         kt, n_dof, chain_steps, weights = chain_settings
         max_force2, min_distance = limits
@@ -354,7 +364,8 @@ def _make_block(forces_of, build, kick_loop, drift_loop, nose_hoover):
         done = 0
         builds = 0
         stop = 0
-        for _ in range(n_steps):
+        complete = True  # whether loss, nearest, energy and virial are those of the current state
+        for step in range(n_steps):
             v = velocities
             xi_new, v_xi_new = xi, v_xi
             if nose_hoover:
@@ -363,51 +374,71 @@ def _make_block(forces_of, build, kick_loop, drift_loop, nose_hoover):
                 v = _scaled(v, scale)
             v_half = kick_loop(v, forces, accel, half_dt)
             x = drift_loop(positions, v_half, dt)
-            nb, cn, od, ls, ref = neighbors, counts, order, layer_start, reference
+            nb, cn, im, wr, od, ls, ref = neighbors, counts, image, wrap, order, layer_start, reference
             rebuilt = partition.max_displacement_angstrom(x, reference) > 0.5 * skin
             if rebuilt:
-                nb, cn, od, ls, needed = build(x, box, n_cells, list_cutoff, capacity, True, brute)
+                nb, cn, im, wr, od, ls, needed = build(x, box, n_cells, list_cutoff, capacity, half, brute)
                 if needed > capacity:
                     stop = _STOP_LIST_OVERFLOW
                     break
                 ref = x.copy()
-            out = forces_of(x, types, box, nb, cn, od, ls, cutoffs[0], cutoffs[1], work)
-            if out[6] > work[6].shape[1]:
+            last = step == n_steps - 1
+            if last:
+                out = forces_of(x, types, box, nb, cn, od, ls, im, wr, cutoffs[0], cutoffs[1], work)
+            else:
+                out = forces_between(x, types, box, nb, cn, od, ls, im, wr, cutoffs[0], cutoffs[1], work)
+            f_new, needed3, closest = out[0], out[6], out[7]
+            if needed3 > work[6].shape[1]:
                 stop = _STOP_TRIPLET_OVERFLOW
                 break
-            v_new = kick_loop(v_half, out[0], accel, half_dt)
+            v_new = kick_loop(v_half, f_new, accel, half_dt)
             if nose_hoover:
                 scale, xi_new, v_xi_new = _chain_half_step(_twice_kinetic(v_new, masses), xi_new, v_xi_new, q_mass,
                                                            kt, n_dof, dt, chain_steps, weights)
                 v_new = _scaled(v_new, scale)
             # the checks of simulate.md: any doubt, and step() takes this step instead
-            healthy = math.isfinite(out[4])
+            healthy = closest >= min_distance and (not last or math.isfinite(out[4]))
             for i in range(x.shape[0]):
-                f2 = out[0][i, 0] ** 2 + out[0][i, 1] ** 2 + out[0][i, 2] ** 2
-                healthy = healthy and math.isfinite(f2) and f2 <= max_force2 and out[3][i] >= min_distance
+                f2 = f_new[i, 0] ** 2 + f_new[i, 1] ** 2 + f_new[i, 2] ** 2
+                healthy = healthy and math.isfinite(f2) and f2 <= max_force2
                 for d in range(3):
                     healthy = healthy and math.isfinite(x[i, d]) and math.isfinite(v_new[i, d])
             if not healthy:
                 stop = _STOP_UNHEALTHY
                 break
-            positions, velocities = x, v_new
-            forces, loss, nearest, energy_ev, virial_ev = out[0], out[1], out[3], out[4], out[5]
-            neighbors, counts, order, layer_start, reference = nb, cn, od, ls, ref
+            positions, velocities, forces = x, v_new, f_new
+            if last:
+                loss, nearest, energy_ev, virial_ev = out[1], out[3], out[4], out[5]
+            complete = last
+            neighbors, counts, image, wrap, order, layer_start, reference = nb, cn, im, wr, od, ls, ref
             xi, v_xi = xi_new, v_xi_new
             done += 1
             builds += rebuilt
+        if not complete:
+            # stopped early after a forces-only step: the full pass on that state (its forces again, bit for bit)
+            out = forces_of(positions, types, box, neighbors, counts, order, layer_start, image, wrap, cutoffs[0],
+                            cutoffs[1], work)
+            forces, loss, nearest, energy_ev, virial_ev = out[0], out[1], out[3], out[4], out[5]
         return (done, builds, stop, positions, velocities, (forces, loss, nearest, energy_ev, virial_ev),
-                (neighbors, counts, order, layer_start, reference), (xi, v_xi))
+                (neighbors, counts, image, wrap, order, layer_start, reference), (xi, v_xi))
 
     return block
 
 
-def _block(force_fn, parallel: bool, nose_hoover: bool):
+# Below this many atoms the blocks compute energies on every step: the forces-only variant of the force
+# loop would save less than its compilation costs (1.5–3 s per kernel module; 10–25 % of a force pass of
+# 0.3–1 µs per atom, so some 10⁷ atom-steps to pay back).
+FORCES_ONLY_MIN_ATOMS = 1000
+
+
+def _block(force_fn, parallel: bool, nose_hoover: bool, n_atoms: int):
     loops = energy.force_loops(force_fn.kernel_module)
-    key = (id(loops), parallel, nose_hoover)
+    forces_only = n_atoms >= FORCES_ONLY_MIN_ATOMS
+    key = (id(loops), parallel, nose_hoover, forces_only)
     cached = _BLOCKS.get(key)
     if cached is None or cached[0] is not loops:
-        cached = (loops, _make_block(loops.half[parallel], partition.BUILD[parallel], _KICK[parallel],
+        between = loops.half_forces_only[parallel] if forces_only else loops.half[parallel]
+        cached = (loops, _make_block(loops.half[parallel], between, partition.BUILD[parallel], _KICK[parallel],
                                      _DRIFT[parallel], nose_hoover))
         _BLOCKS[key] = cached
     return cached[1]
@@ -430,14 +461,14 @@ def _run_block(force_fn, state, n_steps: int, dt_fs: float, max_force: float, mi
         kt, n_dof, chain_steps, weights = 0.0, 0.0, 1, np.ones(1)
         chain_state = (np.zeros(1), np.zeros(1), np.ones(1))
     done, builds, _, positions, velocities, force_out, list_arrays, (xi, v_xi) = _block(
-        force_fn, parallel, nose_hoover)(
+        force_fn, parallel, nose_hoover, n)(
         int(n_steps), np.ascontiguousarray(state.positions, dtype=float),
         np.ascontiguousarray(state.velocities, dtype=float), np.asarray(state.masses, dtype=float),
         _accel_per_force(state.masses), float(dt_fs),
         (force.forces_ev_per_angstrom, force.atom_loss_ev, force.nearest_angstrom, float(force.energy_ev),
          float(force.virial_ev)),
-        (nl.neighbors, nl.counts, nl.order, nl.layer_start, nl.reference_positions),
-        (np.array(nl.cells_per_side, dtype=np.int64), nl.cells_per_side == (1, 1, 1),
+        (nl.neighbors, nl.counts, nl.image, nl.wrap_angstrom, nl.order, nl.layer_start, nl.reference_positions),
+        (np.array(nl.cells_per_side, dtype=np.int64), nl.cells_per_side == (1, 1, 1), nl.half,
          float(nl.cutoff_angstrom + nl.skin_angstrom), float(nl.skin_angstrom)),
         force_fn.types, nl.box_angstrom, (loops.cutoff_angstrom, loops.threebody_cutoff_angstrom),
         energy.workspace(loops, n, nl.box_angstrom, bonded_pairs=force_fn.bonded_pairs), chain_state, (float(kt), float(n_dof), int(chain_steps), weights),
@@ -446,10 +477,10 @@ def _run_block(force_fn, state, n_steps: int, dt_fs: float, max_force: float, mi
     if done == 0:
         return state, 0, 0
     forces, loss, nearest, energy_ev, virial_ev = force_out
-    neighbors, counts, order, layer_start, reference = list_arrays
+    neighbors, counts, image, wrap, order, layer_start, reference = list_arrays
     if builds:
         nl = nl._replace(neighbors=neighbors, counts=counts, reference_positions=reference, order=order,
-                         layer_start=layer_start)
+                         layer_start=layer_start, image=image, wrap_angstrom=wrap)
     result = ForceResult(float(energy_ev), forces, loss, float(virial_ev), nearest)
     state = state._replace(positions=positions, velocities=velocities, force=result, neighbors=nl)
     if nose_hoover:

@@ -26,13 +26,18 @@ blocks in parallel, then odd ones, each block serially in a fixed order. Every a
 the same order whatever the number of threads, and results are the same bit for bit — which is
 what makes a resumed run identical to an unbroken one.
 
-Displacements are taken by the minimum image at use, so positions never need wrapping and a pair
-is found in whichever image is nearest now. With fewer than three cells per side the 27 cells
-would repeat, so small boxes are searched by brute force over all pairs (still exact while the
-cutoff is at most half the box: the minimum-image distance moves by at most the skin between
-builds); a half list there keeps pair (i, j), i < j, in row i when i + j is even, else in row j,
-which halves every row on average. A cutoff beyond half the box would need several images of one
-atom and is refused.
+Positions are never wrapped: the list fixes, at the build, which periodic image of each neighbour
+an entry means (an image code per entry and the box multiple that wraps each row's atom), and a
+force loop subtracts that image's shift instead of taking the minimum image of every pair — the
+ghost-atom argument of LAMMPS (Plimpton 1995). It is exact until the next build: every image
+closer than the cutoff now was closer than ``cutoff + skin`` at the build, so it is in the list.
+With at least three cells per side each listed pair has one image within ``cutoff + skin`` (the
+cells are no smaller than that). With fewer, the 27 cells would repeat, so small boxes are
+searched by brute force over all pairs and *every* image within ``cutoff + skin`` gets an entry
+(a box edge may be shorter than twice ``cutoff + skin``); since the cutoff is at most half the box,
+at most one image of a pair is inside it at a time, so the sum is the minimum-image sum. A half
+list there keeps pair (i, j), i < j, in row i when i + j is even, else in row j, which halves
+every row on average. A cutoff beyond half the box would need several images inside it and is refused.
 
 The whole build is one compiled function (:data:`BUILD`, serial and parallel), so the compiled
 multi-step loops of :mod:`simulate.integrate` rebuild their list exactly as :func:`neighbor_list` does.
@@ -68,6 +73,11 @@ class NeighborList(NamedTuple):
 
     A half list is kept in cell order instead, for locality: its row p belongs to atom
     ``order[p]`` and holds positions q in ``order`` (atom ``order[q]``).
+
+    Each entry also records which periodic image of its atom it is: the displacement of the pair
+    (row i, entry j, image code c) is ``(x_i − w_i) − (x_j − w_j) − IMAGE_SHIFTS[c] · box``, with
+    ``w = wrap_angstrom`` of the row (the positions as they were wrapped into the box at the build).
+    A force loop then needs no minimum image per pair (see the module notes).
     """
 
     neighbors: np.ndarray  # (N, capacity) int32
@@ -80,6 +90,8 @@ class NeighborList(NamedTuple):
     half: bool = False  # each pair once (True) or from both ends (False)
     order: np.ndarray | None = None  # (N,) int64, the atoms in cell order (x-major)
     layer_start: np.ndarray | None = None  # (nx + 1,) int64, where each x-layer starts in ``order``
+    image: np.ndarray | None = None  # (N, capacity) int8, the periodic image of each entry (see IMAGE_SHIFTS)
+    wrap_angstrom: np.ndarray | None = None  # (N, 3) Å, per row: the box multiple that wrapped its atom at the build
 
 
 # --- binning -------------------------------------------------------------------------------------
@@ -115,8 +127,27 @@ _FULL_STENCIL = np.array([(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for 
 _HALF_STENCIL = np.array([(0, 0, 0)] + [tuple(o) for o in _FULL_STENCIL if tuple(o) > (0, 0, 0)], dtype=np.int64)
 
 
+# image codes: code 9(a+1) + 3(b+1) + (c+1) is the image shifted by (a, b, c) box lengths, a, b, c in {−1, 0, 1}
+IMAGE_SHIFTS = np.array([(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)], dtype=np.float64)
+
+
+@numba.njit(inline="always")
+def _image_code(a, b, c):
+    return 9 * (a + 1) + 3 * (b + 1) + (c + 1)
+
+
+@numba.njit
+def image_shifts_angstrom(box):
+    """(27, 3) Å: the shift of each image code (see NeighborList) in a box of lengths ``box``."""
+    out = np.empty((27, 3))
+    for c in range(27):
+        for d in range(3):
+            out[c, d] = IMAGE_SHIFTS[c, d] * box[d]
+    return out
+
+
 def _build_cells(positions, box, n_cells, list_cutoff, capacity, cell_start, cell_atoms, stencil, half):
-    """Rows of the list by cell search.
+    """Rows of the list by cell search: (neighbors, counts, image codes, wraps).
 
     The search reads a cell-ordered copy of the positions wrapped into the box, so each cell's atoms
     are contiguous in memory and the image of a neighbouring cell is one shift by a box length,
@@ -128,17 +159,24 @@ def _build_cells(positions, box, n_cells, list_cutoff, capacity, cell_start, cel
     sx = np.empty(n)
     sy = np.empty(n)
     sz = np.empty(n)
+    wrap = np.empty((n, 3))
     for a in range(n):
         i = cell_atoms[a]
-        sx[a] = positions[i, 0] - box[0] * math.floor(positions[i, 0] / box[0])
-        sy[a] = positions[i, 1] - box[1] * math.floor(positions[i, 1] / box[1])
-        sz[a] = positions[i, 2] - box[2] * math.floor(positions[i, 2] / box[2])
+        row = a if half else i
+        for d in range(3):
+            wrap[row, d] = box[d] * math.floor(positions[i, d] / box[d])
+        sx[a] = positions[i, 0] - wrap[row, 0]
+        sy[a] = positions[i, 1] - wrap[row, 1]
+        sz[a] = positions[i, 2] - wrap[row, 2]
     # np.empty, not np.full: in a parallel function an array expression is a parallel region of
     # its own; rows are padded with −1 below instead
     neighbors = np.empty((n, capacity), dtype=np.int32)
+    image = np.empty((n, capacity), dtype=np.int8)
     counts = np.empty(n, dtype=np.int32)
     filled = np.empty(n, dtype=np.int64)
     rl2 = list_cutoff * list_cutoff
+    wx, wy, wz = box[0] / nx, box[1] / ny, box[2] / nz
+    margin = 1e-9 * max(box[0], box[1], box[2])
     for cell in prange(nx * ny * nz):
         cx = cell // (ny * nz)
         cy = (cell // nz) % ny
@@ -152,27 +190,43 @@ def _build_cells(positions, box, n_cells, list_cutoff, capacity, cell_start, cel
             ox, oy, oz = cx + stencil[s, 0], cy + stencil[s, 1], cz + stencil[s, 2]
             # a neighbouring cell across an edge is seen through the image one box length away
             kx, ky, kz = ox % nx, oy % ny, oz % nz
+            code = _image_code((ox - kx) // nx, (oy - ky) // ny, (oz - kz) // nz)
             shift_x = box[0] * ((ox - kx) // nx)
             shift_y = box[1] * ((oy - ky) // ny)
             shift_z = box[2] * ((oz - kz) // nz)
             other = (kx * ny + ky) * nz + kz
+            # the other cell's faces, a hair outside (binning rounds on its own)
+            x_lo, x_hi = kx * wx - margin, (kx + 1) * wx + margin
+            y_lo, y_hi = ky * wy - margin, (ky + 1) * wy + margin
+            z_lo, z_hi = kz * wz - margin, (kz + 1) * wz + margin
             for p in range(lo, hi):
                 # a half list is kept in cell order: row p, entries a (see NeighborList)
                 row = p if half else cell_atoms[p]
                 xi, yi, zi = sx[p] - shift_x, sy[p] - shift_y, sz[p] - shift_z
+                # a cell whose nearest point is beyond the list cutoff holds no neighbour: an edge or
+                # corner cell of the stencil, for about half the atoms
+                gx = max(x_lo - xi, xi - x_hi, 0.0)
+                gy = max(y_lo - yi, yi - y_hi, 0.0)
+                gz = max(z_lo - zi, zi - z_hi, 0.0)
+                if gx * gx + gy * gy + gz * gz >= rl2:
+                    continue
                 # own cell: every other atom (full), or only the later ones (half)
                 first = cell_start[other]
                 if other == cell and half:
                     first = p + 1
                 m = filled[p]
+                # without a branch: every candidate is written at the row's end, which advances only for
+                # those within the list cutoff (one in seven or so: a branch on it would mostly mispredict);
+                # a row that overflows writes its last slot again, and the list is built again wider
+                last = capacity - 1
                 for a in range(first, cell_start[other + 1]):
                     dx = xi - sx[a]
                     dy = yi - sy[a]
                     dz = zi - sz[a]
-                    if dx * dx + dy * dy + dz * dz < rl2 and a != p:
-                        if m < capacity:
-                            neighbors[row, m] = a if half else cell_atoms[a]
-                        m += 1
+                    slot = min(m, last)
+                    neighbors[row, slot] = a if half else cell_atoms[a]
+                    image[row, slot] = code
+                    m += (dx * dx + dy * dy + dz * dz < rl2) & (a != p)
                 filled[p] = m
         for p in range(lo, hi):
             row = p if half else cell_atoms[p]
@@ -180,38 +234,57 @@ def _build_cells(positions, box, n_cells, list_cutoff, capacity, cell_start, cel
             counts[row] = m
             for k in range(m, capacity):
                 neighbors[row, k] = -1
-    return neighbors, counts
+                image[row, k] = 0
+    return neighbors, counts, image, wrap
 
 
 def _build_brute(positions, box, list_cutoff, capacity, half):
+    """Rows of the list by a search over all pairs and all their images within the list cutoff."""
     n = positions.shape[0]
+    wrap = np.empty((n, 3))
+    wrapped = np.empty((n, 3))
+    for i in range(n):
+        for d in range(3):
+            wrap[i, d] = box[d] * math.floor(positions[i, d] / box[d])
+            wrapped[i, d] = positions[i, d] - wrap[i, d]
     neighbors = np.empty((n, capacity), dtype=np.int32)
+    image = np.empty((n, capacity), dtype=np.int8)
     counts = np.empty(n, dtype=np.int32)
+    rl = list_cutoff
     rl2 = list_cutoff * list_cutoff
     lx, ly, lz = box[0], box[1], box[2]
-    ix, iy, iz = 1.0 / lx, 1.0 / ly, 1.0 / lz
     for i in prange(n):
         m = 0
         for j in range(n):
             if j == i:
-                continue
+                continue  # its own images are at least a box edge, twice the cutoff, away
             # half: pair (i, j), i < j, belongs to row i when i + j is even, else to row j
             if half and (j > i) != ((i + j) % 2 == 0):
                 continue
-            dx = positions[i, 0] - positions[j, 0]
-            dy = positions[i, 1] - positions[j, 1]
-            dz = positions[i, 2] - positions[j, 2]
-            dx -= lx * np.rint(dx * ix)
-            dy -= ly * np.rint(dy * iy)
-            dz -= lz * np.rint(dz * iz)
-            if dx * dx + dy * dy + dz * dz < rl2:
-                if m < capacity:
-                    neighbors[i, m] = j
-                m += 1
+            # wrapped displacement in (−L, L) per axis: the images within reach are among −1, 0, +1 boxes
+            x0 = wrapped[i, 0] - wrapped[j, 0]
+            y0 = wrapped[i, 1] - wrapped[j, 1]
+            z0 = wrapped[i, 2] - wrapped[j, 2]
+            for a in range(-1, 2):
+                dx = x0 - a * lx
+                if abs(dx) >= rl:
+                    continue
+                for b in range(-1, 2):
+                    dy = y0 - b * ly
+                    if abs(dy) >= rl:
+                        continue
+                    for c in range(-1, 2):
+                        dz = z0 - c * lz
+                        if dx * dx + dy * dy + dz * dz < rl2:
+                            if m < capacity:
+                                neighbors[i, m] = j
+                                image[i, m] = _image_code(a, b, c)
+                            m += 1
         counts[i] = m
         for k in range(m, capacity):
             neighbors[i, k] = -1
-    return neighbors, counts
+            image[i, k] = 0
+    return neighbors, counts, image, wrap
 
 
 # Each loop is compiled twice: threads pay off only once there is enough work per step to share.
@@ -245,24 +318,24 @@ def _make_build(build_cells, build_brute):
 
     @numba.njit
     def build(positions, box, n_cells, list_cutoff, capacity, half, brute):
-        """(neighbors, counts, order, layer_start, longest row); rows longer than ``capacity`` are cut short."""
+        """(neighbors, counts, image, wrap, order, layer_start, longest row); rows longer than ``capacity`` are cut short."""
         n = positions.shape[0]
         if brute:
             order = np.arange(n)
             layer_start = np.empty(2, dtype=np.int64)
             layer_start[0] = 0
             layer_start[1] = n
-            neighbors, counts = build_brute(positions, box, list_cutoff, capacity, half)
+            neighbors, counts, image, wrap = build_brute(positions, box, list_cutoff, capacity, half)
         else:
             cell_start, order, _ = _bin_atoms(positions, box, n_cells)
             layer_start = cell_start[:: n_cells[1] * n_cells[2]].copy()
             stencil = _HALF_STENCIL if half else _FULL_STENCIL
-            neighbors, counts = build_cells(positions, box, n_cells, list_cutoff, capacity, cell_start, order,
-                                            stencil, half)
+            neighbors, counts, image, wrap = build_cells(positions, box, n_cells, list_cutoff, capacity, cell_start,
+                                                         order, stencil, half)
         needed = 0
         for i in range(n):
             needed = max(needed, counts[i])
-        return neighbors, counts, order, layer_start, needed
+        return neighbors, counts, image, wrap, order, layer_start, needed
 
     return build
 
@@ -328,7 +401,7 @@ def neighbor_list(
     brute = n_cells == (1, 1, 1)
     cells = np.array(n_cells, dtype=np.int64)
     while True:
-        neighbors, counts, order, layer_start, needed = BUILD[use_parallel(n)](
+        neighbors, counts, image, wrap, order, layer_start, needed = BUILD[use_parallel(n)](
             positions, box, cells, list_cutoff, capacity, bool(half), brute)
         if needed <= capacity:
             break
@@ -344,6 +417,8 @@ def neighbor_list(
         half=bool(half),
         order=order,
         layer_start=layer_start,
+        image=image,
+        wrap_angstrom=wrap,
     )
 
 

@@ -12,10 +12,12 @@ import numba
 import numpy as np
 import pytest
 
-from simulate import energy, md, partition, setup
-from simulate.kernels import load_kernel_module
+from discover import codegen
+from simulate import energy, integrate, md, partition, setup, topology
+from simulate.kernels import is_molecular, load_kernel_module
 from tests.export_support import generated_kernels, manybody_water_model
 from tests.kernel_examples.starting_frames import argon_fcc, water32_frame
+from tests.test_topology import _closed_form_truth
 
 EXAMPLES = Path(__file__).parent / "kernel_examples"
 
@@ -30,7 +32,11 @@ def stepwise(kernel, species, positions, box, velocities, thermostat, steps, dt_
     """The final state and list-build count of ``steps`` plain ``step`` calls, from md.simulate's start."""
     types = md.atom_types(kernel, species)
     masses = np.asarray(kernel.MASSES_AMU)[types]
-    force_fn = energy.make_force_fn(kernel, types, box, skin)
+    molecules = None
+    if is_molecular(kernel):
+        cutoffs = topology.bond_cutoff_matrix(kernel.BOND_CUTOFF_ANGSTROM, len(kernel.SPECIES))
+        molecules = topology.assign_molecules(positions, box, types, cutoffs)
+    force_fn = energy.make_force_fn(kernel, types, box, skin, molecules)
     integrator = md.make_integrator(force_fn, thermostat, dt_fs, 300.0, 100.0, 0.01, 0)
     state = integrator.init(positions, setup.remove_com_momentum(velocities, masses), masses)
     builds = 0
@@ -72,6 +78,25 @@ def test_compiled_run_is_bit_for_bit_the_stepwise_integrator(tmp_path, cells, th
         assert np.array_equal(result.state.chain.v_xi, state.chain.v_xi)
 
 
+@pytest.fixture(scope="module")
+def molecular(tmp_path_factory):
+    """Generated kernels of a closed-form molecular water model: bonded laws inside molecules."""
+    return load_kernel_module(codegen.write_kernels(_closed_form_truth(), tmp_path_factory.mktemp("m") / "kernels.py"))
+
+
+@pytest.mark.parametrize("model", ["morse", "manybody", "molecular"])
+def test_blocks_with_forces_only_steps_are_bit_for_bit_the_stepwise_integrator(tmp_path, monkeypatch, request, model):
+    monkeypatch.setattr(integrate, "FORCES_ONLY_MIN_ATOMS", 0)  # the 96-atom box takes the path of big boxes
+    kernel = request.getfixturevalue(model)
+    species, positions, box, velocities = water32_frame()
+    result = md.simulate(kernel, species, positions, box, velocities, steps=60, dt_fs=0.5, thermostat="nve",
+                         out_dir=tmp_path, thermo_every=13, trajectory_every=1000, checkpoint_every=1000)
+    state, builds = stepwise(kernel, species, positions, box, velocities, "nve", 60, 0.5, 1.0)
+    assert builds == result.neighbor_builds > 0
+    assert_same_state(result.state, state)
+    assert energy.force_loops(kernel).half_forces_only[0].signatures  # the forces-only variant ran
+
+
 def test_compiled_run_of_a_three_body_model_is_bit_for_bit_the_stepwise_integrator(tmp_path, manybody):
     species, positions, box, velocities = water32_frame()
     result = md.simulate(manybody, species, positions, box, velocities, steps=120, dt_fs=0.5, thermostat="nve",
@@ -93,8 +118,8 @@ def test_three_body_sums_are_the_same_bit_for_bit_for_serial_parallel_and_any_th
     nl = partition.neighbor_list(positions, box, energy.interaction_cutoff_angstrom(manybody), 1.0, half=True)
     assert nl.cells_per_side[0] >= 4
     work = energy.workspace(loops, len(positions), box)
-    args = (positions, types, box, nl.neighbors, nl.counts, nl.order, nl.layer_start, loops.cutoff_angstrom,
-            loops.threebody_cutoff_angstrom, work)
+    args = (positions, types, box, nl.neighbors, nl.counts, nl.order, nl.layer_start, nl.image, nl.wrap_angstrom,
+            loops.cutoff_angstrom, loops.threebody_cutoff_angstrom, work)
     serial = loops.half[0](*args)
     threads = numba.get_num_threads()
     try:
@@ -135,3 +160,49 @@ def test_short_three_body_rows_that_overflow_are_widened_not_truncated(manybody,
     e_ref, f_ref, _ = manybody.energy_forces(positions, types, box)
     assert result.energy_ev == pytest.approx(e_ref, rel=1e-12)
     np.testing.assert_allclose(result.forces_ev_per_angstrom, f_ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.fixture(scope="module")
+def morse():
+    return load_kernel_module(EXAMPLES / "morse_water.py")
+
+
+@pytest.mark.parametrize("model", ["morse", "manybody"])
+def test_forces_without_energy_are_the_forces_with_energy_bit_for_bit(request, model):
+    kernel = request.getfixturevalue(model)
+    types, positions, box = replicated_water(kernel, (3, 2, 2))  # 1152 atoms: cell list
+    loops = energy.force_loops(kernel)
+    nl = partition.neighbor_list(positions, box, energy.interaction_cutoff_angstrom(kernel), 1.0, half=True)
+    work = energy.workspace(loops, len(positions), box)
+    args = (positions, types, box, nl.neighbors, nl.counts, nl.order, nl.layer_start, nl.image, nl.wrap_angstrom,
+            loops.cutoff_angstrom, loops.threebody_cutoff_angstrom, work)
+    forces, loss, _, nearest, energy_ev, virial_ev, needed3, closest = loops.half[0](*args)
+    assert closest == nearest.min() < 1.1  # an O–H bond
+    assert loss.shape == nearest.shape == (len(positions),) and np.isfinite(energy_ev) and np.isfinite(virial_ev)
+    for forces_only in loops.half_forces_only:  # serial, parallel
+        only = forces_only(*args)
+        assert np.array_equal(only[0], forces)
+        assert only[1].size == only[2].size == only[3].size == 0  # no losses, virials, nearest distances
+        assert np.isnan(only[4]) and np.isnan(only[5])  # nor energy and virial
+        assert only[6:] == (needed3, closest)
+
+
+def test_a_block_that_stops_early_returns_the_complete_state_of_its_last_good_step(morse, monkeypatch):
+    """A block stops before a step that fails a check; the state it returns came from a forces-only step."""
+    monkeypatch.setattr(integrate, "FORCES_ONLY_MIN_ATOMS", 0)
+    species, positions, box, velocities = water32_frame()
+    types = md.atom_types(morse, species)
+    masses = np.asarray(morse.MASSES_AMU)[types]
+    integrator = md.make_integrator(energy.make_force_fn(morse, types, box), "nve", 0.5, 300.0, 100.0, 0.01, 0)
+    start = integrator.init(positions, setup.remove_com_momentum(velocities, masses), masses)
+    states, closest = [start], []
+    for _ in range(40):
+        states.append(integrator.step(states[-1]))
+        closest.append(states[-1].force.nearest_angstrom.min())
+    # the first step after the 5th that brings two atoms closer than any step before it
+    fail = next(k for k in range(5, 40) if closest[k] < min(closest[:k]))
+    floor = 0.5 * (closest[fail] + min(closest[:fail]))
+    state, done, _ = integrator.run(start, 40, np.inf, floor)
+    assert done == fail  # steps 1 … fail, then step fail + 1 is refused
+    assert_same_state(state, states[fail])
+    assert np.array_equal(state.force.nearest_angstrom, states[fail].force.nearest_angstrom)

@@ -115,3 +115,41 @@ def test_atom_losses_sum_to_twice_the_pair_energy(morse):
     species, positions, box, _ = water32_frame()
     result = forces_of(morse, species, positions, box)
     assert result.atom_loss_ev.sum() == pytest.approx(2 * result.energy_ev, rel=1e-12)
+
+
+def moved_by_less_than_half_the_skin(positions, seed, skin=1.0):
+    rng = np.random.default_rng(seed)
+    step = rng.normal(size=positions.shape)
+    step *= 0.49 * skin / np.linalg.norm(step, axis=1, keepdims=True) * rng.uniform(0, 1, (len(positions), 1))
+    return positions + step
+
+
+def assert_stale_list_matches_reference(kernel, species, positions, box, moved):
+    types = atom_types(kernel, species)
+    force_fn = energy.make_force_fn(kernel, types, box)
+    neighbors, _ = force_fn(positions, None)
+    kept, result = force_fn(moved, neighbors)
+    assert kept is neighbors  # the list of the old positions, with its images, serves the new ones
+    e_ref, f_ref, loss_ref = kernel.energy_forces(moved, types, box)
+    assert result.energy_ev == pytest.approx(e_ref, rel=1e-12, abs=1e-10)
+    np.testing.assert_allclose(result.forces_ev_per_angstrom, f_ref, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(result.atom_loss_ev, loss_ref, rtol=1e-10, atol=1e-10)
+    return result
+
+
+def test_a_pair_whose_nearest_image_changes_between_builds_keeps_its_exact_force(argon):
+    # box 17.01 Å, LJ cutoff 8.5 Å, list reach 9.5 Å: the pair 8.3 Å apart is listed through both images
+    # (8.3 and 8.71 Å); moved 8.78 Å apart, it interacts through the other image, 8.23 Å away
+    box = np.full(3, 17.01)
+    positions = np.array([[1.0, 5.0, 5.0], [9.3, 5.0, 5.0]])
+    moved = positions + [[-0.24, 0.0, 0.0], [0.24, 0.0, 0.0]]
+    result = assert_stale_list_matches_reference(argon, ["Ar", "Ar"], positions, box, moved)
+    assert result.forces_ev_per_angstrom[0, 0] != 0.0
+    assert result.nearest_angstrom[0] == pytest.approx(17.01 - 8.78)
+
+
+@pytest.mark.parametrize("repeats", [(1, 1, 1), (3, 2, 2)])  # 96 atoms: all pairs; 1152: cell list
+def test_forces_from_a_list_built_before_the_atoms_moved_equal_brute_force(morse, repeats):
+    species, positions, box, _ = water32_frame()
+    positions, species, box = setup.replicate(positions, species, box, repeats)
+    assert_stale_list_matches_reference(morse, species, positions, box, moved_by_less_than_half_the_skin(positions, 3))

@@ -76,3 +76,49 @@ def test_overflowing_rows_are_widened_not_truncated():
 def test_cutoff_beyond_half_the_box_is_refused():
     with pytest.raises(partition.BoxTooSmall, match="replicate"):
         partition.neighbor_list(np.zeros((2, 3)), np.full(3, 8.0), cutoff_angstrom=4.5)
+
+
+def entries(nl, positions):
+    """(row atom, entry atom, displacement Å) of every entry, the displacement by the entry's image code."""
+    order = nl.order if nl.half else np.arange(len(positions))
+    rows = np.repeat(np.arange(len(nl.counts)), nl.counts)
+    slots = np.concatenate([np.arange(c) for c in nl.counts])
+    q = nl.neighbors[rows, slots]
+    wrapped = positions[order] - nl.wrap_angstrom
+    d = wrapped[rows] - wrapped[q] - partition.IMAGE_SHIFTS[nl.image[rows, slots]] * nl.box_angstrom
+    return order[rows], order[q], d
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_cell_list_entries_carry_the_minimum_image_of_their_pair(half):
+    box = np.array([16.6, 24.0, 33.5])
+    positions = random_positions(600, box, 5)  # unwrapped, several boxes away
+    nl = partition.neighbor_list(positions, box, cutoff_angstrom=4.5, skin_angstrom=1.0, half=half)
+    assert nl.cells_per_side == (3, 4, 6)
+    i, j, d = entries(nl, positions)
+    np.testing.assert_allclose(d, minimum_image(positions[i] - positions[j], np.diag(box)), atol=1e-9)
+    assert np.all(np.sqrt((d**2).sum(1)) < 5.5)
+    assert len(set(np.unique(nl.image[nl.neighbors >= 0]))) > 9  # entries across faces, edges and corners
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_small_box_lists_every_image_within_reach_once(half):
+    # edge 9.1 Å < 2 × 5.5 Å: two images of one atom can both be within reach, and both are listed
+    box = np.array([9.1, 15.5, 9.1])
+    positions = random_positions(150, box, 6)
+    nl = partition.neighbor_list(positions, box, cutoff_angstrom=4.5, skin_angstrom=1.0, half=half)
+    assert nl.cells_per_side == (1, 1, 1)
+    i, j, d = entries(nl, positions)
+    listed = [(a, b, *np.round(v, 6)) for a, b, v in zip(i, j, d)]
+    if half:
+        listed += [(b, a, *np.round(-v, 6)) for a, b, v in zip(i, j, d)]
+    assert len(set(listed)) == len(listed)  # no image twice
+    nearest = minimum_image(positions[:, None, :] - positions[None, :, :], np.diag(box))
+    expected = set()
+    for shift in partition.IMAGE_SHIFTS * box:
+        r = np.sqrt(((nearest + shift) ** 2).sum(-1))
+        np.fill_diagonal(r, np.inf)
+        expected |= {(a, b, *np.round(nearest[a, b] + shift, 6)) for a, b in zip(*np.nonzero(r < 5.5))}
+    assert set(listed) == expected
+    pairs = [(a, b) for a, b, *_ in listed]
+    assert len(set(pairs)) < len(pairs)  # some pairs really are listed through two images
