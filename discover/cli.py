@@ -414,8 +414,8 @@ def simulate_command(
     trajectory_every: Annotated[int, typer.Option(help="Steps between trajectory frames.")] = 100,
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in --out.")] = False,
     tabulate: Annotated[bool, typer.Option(
-        help="Run the pair laws from exactly conservative quintic tables (forces within 1e-8 eV/Å of the "
-             "closed form; learned pairwise models run about 1.7× faster).")] = False,
+        help="Run the pair laws from exactly conservative quintic tables (each law's pair force within "
+             "1e-8 eV/Å of its closed form; see benchmarks/results/simulate.md for the speed).")] = False,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")] = Path("runs/default"),
 ):
     """Run MD of a learned model: thermo.csv, trajectory.xyz (extended XYZ), checkpoint.npz."""

@@ -354,8 +354,8 @@ def report_markdown(m: dict, model_dir: Path) -> str:
         "",
         f"g_OH's peak is the hydrogen bond (1.5–2.6 Å). A peak is the vertex of the least-squares parabola over "
         f"±{obs.RDF_PEAK_FIT_HALF_WIDTH_ANGSTROM:g} Å around the maximum of g smoothed over "
-        f"{obs.RDF_PEAK_SMOOTH_BINS} bins (the three-point vertex of the raw histogram followed CP2K's noise: "
-        f"0.08 Å between the halves of its run). CP2K's own noise: its first and second halves differ in "
+        f"{obs.RDF_PEAK_SMOOTH_BINS} bins (the three-point vertex of the raw histogram follows the noise of "
+        f"three bins). CP2K's own noise: its first and second halves differ in "
         f"first-peak position by {noise}; a smaller shift than that is within CP2K's statistics.",
         "",
         f"![RDFs]({fig('rdf.png')})",

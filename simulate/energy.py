@@ -3,8 +3,8 @@
 A kernel module (see :mod:`simulate.kernels`) supplies the scalar law ``pair_energy_force(ti, tj, r)``
 and, optionally, ``triplet_energy_gradient``. Here one generic loop maps it over the neighbours of
 every atom. The loop is made by a factory that closes over the kernel, so Numba compiles the kernel
-into the loop (and LLVM inlines it) instead of calling through Python; the compiled loops are
-cached per kernel module for the life of the process.
+into the loop (inlined by Numba itself, see :func:`_inlined`) instead of calling through Python; the
+compiled loops are cached per kernel module for the life of the process.
 
 The pair pass runs on a *half* neighbour list (see :mod:`simulate.partition`): each pair's kernel is
 called once and its force applied to both atoms (Newton's third law), half the work of a full list.
@@ -85,7 +85,11 @@ def _inlined(kernel):
     tabulated water kernels), with the same numbers bit for bit.
     """
     py_func = getattr(kernel, "py_func", None)
-    return numba.njit(inline="always")(py_func) if py_func is not None else kernel
+    if py_func is None:
+        return kernel
+    # keep the kernel's own options (fastmath, error_model, ...) but its cache file
+    options = {k: v for k, v in getattr(kernel, "targetoptions", {}).items() if k not in ("cache", "inline", "nopython")}
+    return numba.njit(inline="always", **options)(py_func)
 
 
 def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_energy_force=None):

@@ -21,7 +21,8 @@ before (a list to widen, a failed check), are plain steps.
 
 A step fails when a position, velocity or force is not finite, a force exceeds
 ``max_force_ev_per_angstrom``, or two atoms come closer than ``min_distance_angstrom``; the run then
-raises :class:`SimulationBlowUp` naming the step and the atoms.
+raises :class:`SimulationBlowUp` naming the step and the atoms. (Energies are computed on output
+steps only, so a non-finite energy with finite forces is seen at the next output.)
 """
 
 from __future__ import annotations

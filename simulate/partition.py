@@ -217,7 +217,8 @@ def _build_cells(positions, box, n_cells, list_cutoff, capacity, cell_start, cel
                 m = filled[p]
                 # without a branch: every candidate is written at the row's end, which advances only for
                 # those within the list cutoff (one in seven or so: a branch on it would mostly mispredict);
-                # a row that overflows writes its last slot again, and the list is built again wider
+                # once the row holds ``capacity`` entries, later candidates overwrite its last slot, so a
+                # full row counts as an overflow (needed ≥ capacity) and the list is built again wider
                 last = capacity - 1
                 for a in range(first, cell_start[other + 1]):
                     dx = xi - sx[a]
@@ -382,7 +383,10 @@ def neighbor_list(
     capacity: int | None = None,
     half: bool = False,
 ) -> NeighborList:
-    """Build a Verlet list of all pairs closer than ``cutoff + skin`` (Å) by the minimum image.
+    """Build a Verlet list of every periodic image of a pair closer than ``cutoff + skin`` (Å).
+
+    One entry per pair in boxes of three cells or more per side (its one image within reach); in
+    smaller boxes one entry per image within reach (see the module notes).
 
     ``half=False``: every pair from both ends; ``half=True``: every pair once (see the module notes).
     """
@@ -403,7 +407,7 @@ def neighbor_list(
     while True:
         neighbors, counts, image, wrap, order, layer_start, needed = BUILD[use_parallel(n)](
             positions, box, cells, list_cutoff, capacity, bool(half), brute)
-        if needed <= capacity:
+        if needed < capacity:  # a full row may have lost its last entry (see _build_cells)
             break
         capacity = needed + 8 + needed // 4  # rows overflowed: widen and search again
     return NeighborList(

@@ -47,6 +47,7 @@ import numpy as np
 
 from simulate.errors import MldError
 from simulate.kernels import check_kernel_module, has_threebody, is_molecular
+from simulate.reference import compile_reference
 
 DEFAULT_FORCE_TOLERANCE_EV_PER_ANGSTROM = 1e-8  # largest |F_table − F_closed| of one pair, anywhere in a table
 DEFAULT_MAX_FORCE_EV_PER_ANGSTROM = 100.0  # tables stop where a pair's |u'| exceeds this (a steep core)
@@ -400,131 +401,6 @@ def _make_kernel(closed_form, rows: _Rows):
     return tabulated_energy_force
 
 
-def _make_pair_energy_forces(pair_energy_force, cutoff: float):
-    """O(N²) minimum-image reference over the pair kernel, as the generated modules have it."""
-
-    @numba.njit
-    def pair_energy_forces(positions, types, box):
-        n = positions.shape[0]
-        forces = np.zeros((n, 3))
-        loss = np.zeros(n)
-        energy = 0.0
-        for i in range(n):
-            for j in range(i + 1, n):
-                dx = positions[i, 0] - positions[j, 0]
-                dy = positions[i, 1] - positions[j, 1]
-                dz = positions[i, 2] - positions[j, 2]
-                dx -= box[0] * round(dx / box[0])
-                dy -= box[1] * round(dy / box[1])
-                dz -= box[2] * round(dz / box[2])
-                r = math.sqrt(dx * dx + dy * dy + dz * dz)
-                if r >= cutoff:
-                    continue
-                e, f = pair_energy_force(types[i], types[j], r)
-                energy += e
-                loss[i] += e
-                loss[j] += e
-                forces[i, 0] += f * dx
-                forces[i, 1] += f * dy
-                forces[i, 2] += f * dz
-                forces[j, 0] -= f * dx
-                forces[j, 1] -= f * dy
-                forces[j, 2] -= f * dz
-        return energy, forces, loss
-
-    return pair_energy_forces
-
-
-def _make_manybody_energy_forces(pair_energy_forces, triplet_energy_gradient, cutoff3: float):
-    """Pairs plus every triplet j–k–l (j < l within r_3 of k), by the minimum image: O(N³), for tests."""
-
-    @numba.njit
-    def energy_forces(positions, types, box):
-        energy, forces, loss = pair_energy_forces(positions, types, box)
-        n = positions.shape[0]
-        near = np.empty(n, dtype=np.int64)
-        vectors = np.empty((n, 3))
-        distances = np.empty(n)
-        for k in range(n):
-            m = 0
-            for j in range(n):
-                if j == k:
-                    continue
-                d0 = positions[j, 0] - positions[k, 0]
-                d1 = positions[j, 1] - positions[k, 1]
-                d2 = positions[j, 2] - positions[k, 2]
-                d0 -= box[0] * round(d0 / box[0])
-                d1 -= box[1] * round(d1 / box[1])
-                d2 -= box[2] * round(d2 / box[2])
-                r = math.sqrt(d0 * d0 + d1 * d1 + d2 * d2)
-                if r < cutoff3:
-                    near[m] = j
-                    distances[m] = r
-                    vectors[m, 0] = d0
-                    vectors[m, 1] = d1
-                    vectors[m, 2] = d2
-                    m += 1
-            for a in range(m):
-                for b in range(a + 1, m):
-                    j = near[a]
-                    l = near[b]
-                    r1 = distances[a]
-                    r2 = distances[b]
-                    inv12 = 1.0 / (r1 * r2)
-                    cos = (vectors[a, 0] * vectors[b, 0] + vectors[a, 1] * vectors[b, 1]
-                           + vectors[a, 2] * vectors[b, 2]) * inv12
-                    w, g1, g2, gc = triplet_energy_gradient(types[k], types[j], types[l], r1, r2, cos)
-                    energy += w
-                    loss[k] += w
-                    for c in range(3):
-                        grad_j = g1 * vectors[a, c] / r1 + gc * (vectors[b, c] * inv12 - cos * vectors[a, c] / (r1 * r1))
-                        grad_l = g2 * vectors[b, c] / r2 + gc * (vectors[a, c] * inv12 - cos * vectors[b, c] / (r2 * r2))
-                        forces[j, c] -= grad_j
-                        forces[l, c] -= grad_l
-                        forces[k, c] += grad_j + grad_l
-        return energy, forces, loss
-
-    return energy_forces
-
-
-def _make_molecular_energy_forces(pair_energy_force, intra_pair_energy_force, cutoff: float):
-    """O(N²) reference of a molecular model: bonded law inside a molecule at any r, pair law between."""
-
-    @numba.njit
-    def energy_forces(positions, types, box, molecules):
-        n = positions.shape[0]
-        forces = np.zeros((n, 3))
-        loss = np.zeros(n)
-        energy = 0.0
-        for i in range(n):
-            for j in range(i + 1, n):
-                dx = positions[i, 0] - positions[j, 0]
-                dy = positions[i, 1] - positions[j, 1]
-                dz = positions[i, 2] - positions[j, 2]
-                dx -= box[0] * round(dx / box[0])
-                dy -= box[1] * round(dy / box[1])
-                dz -= box[2] * round(dz / box[2])
-                r = math.sqrt(dx * dx + dy * dy + dz * dz)
-                if molecules[i] == molecules[j]:
-                    e, f = intra_pair_energy_force(types[i], types[j], r)
-                elif r < cutoff:
-                    e, f = pair_energy_force(types[i], types[j], r)
-                else:
-                    continue
-                energy += e
-                loss[i] += e
-                loss[j] += e
-                forces[i, 0] += f * dx
-                forces[i, 1] += f * dy
-                forces[i, 2] += f * dz
-                forces[j, 0] -= f * dx
-                forces[j, 1] -= f * dy
-                forces[j, 2] -= f * dz
-        return energy, forces, loss
-
-    return energy_forces
-
-
 # --- the module ------------------------------------------------------------------------------------
 
 
@@ -540,15 +416,15 @@ def _laws(kernel_module: ModuleType) -> list[_Law]:
     return laws
 
 
-def _module_name(kernel_module: ModuleType, tolerance: float) -> str:
-    """A name that changes with the source's code and the tolerance: ``simulate.md`` fingerprints
+def _module_name(kernel_module: ModuleType, settings: tuple) -> str:
+    """A name that changes with the source's code and the table settings: ``simulate.md`` fingerprints
     checkpoints of a module without a file by its name."""
     path = getattr(kernel_module, "__file__", None)
     if path and Path(path).is_file():
         source = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
     else:
         source = getattr(kernel_module, "__name__", "kernels")
-    return f"mld_tabulated_{source}_{tolerance:.0e}".replace("+", "").replace("-", "m").replace(".", "_")
+    return f"mld_tabulated_{source}_{hashlib.sha256(repr(settings).encode()).hexdigest()[:12]}"
 
 
 def tabulate_kernel_module(
@@ -583,27 +459,25 @@ def tabulate_kernel_module(
         tables["intra" if law.bonded else "pair"][(law.type_i, law.type_j)] = table
     n_species = len(kernel_module.SPECIES)
 
-    module = ModuleType(_module_name(kernel_module, force_tolerance_ev_per_angstrom),
+    settings = (float(force_tolerance_ev_per_angstrom), float(max_force_ev_per_angstrom), float(min_inner_angstrom))
+    module = ModuleType(_module_name(kernel_module, settings),
                         f"Pair laws of {label} from quintic Hermite tables (simulate.tabulate).")
     for name in dir(kernel_module):
         if name.isupper() and not name.startswith("_"):
             setattr(module, name, getattr(kernel_module, name))
-    pair_energy_force = _make_kernel(kernel_module.pair_energy_force, _rows(tables["pair"], n_species))
-    module.pair_energy_force = pair_energy_force
-    pair_energy_forces = _make_pair_energy_forces(pair_energy_force, cutoff)
+    module.pair_energy_force = _make_kernel(kernel_module.pair_energy_force, _rows(tables["pair"], n_species))
+    kernels = {"pair_energy_force": module.pair_energy_force, "CUTOFF_ANGSTROM": cutoff}
     if is_molecular(kernel_module):
         module.intra_pair_energy_force = _make_kernel(kernel_module.intra_pair_energy_force,
                                                       _rows(tables["intra"], n_species))
-        module.energy_forces = _make_molecular_energy_forces(pair_energy_force, module.intra_pair_energy_force,
-                                                             cutoff)
-    elif has_threebody(kernel_module):
-        module.triplet_energy_gradient = kernel_module.triplet_energy_gradient
-        module.energy_forces = _make_manybody_energy_forces(pair_energy_forces, kernel_module.triplet_energy_gradient,
-                                                            float(kernel_module.THREEBODY_CUTOFF_ANGSTROM))
-    else:
-        module.energy_forces = pair_energy_forces
+        kernels["intra_pair_energy_force"] = module.intra_pair_energy_force
     if hasattr(kernel_module, "triplet_energy_gradient"):
         module.triplet_energy_gradient = kernel_module.triplet_energy_gradient
+    threebody = has_threebody(kernel_module)
+    if threebody:
+        kernels.update(triplet_energy_gradient=kernel_module.triplet_energy_gradient,
+                       THREEBODY_CUTOFF_ANGSTROM=float(kernel_module.THREEBODY_CUTOFF_ANGSTROM))
+    module.energy_forces = compile_reference(kernels, molecular=is_molecular(kernel_module), threebody=threebody)
     module.PAIR_TABLES = tuple(tables["pair"].values()) + tuple(tables["intra"].values())
     module.SOURCE_KERNEL_MODULE = kernel_module
     module.FORCE_TOLERANCE_EV_PER_ANGSTROM = float(force_tolerance_ev_per_angstrom)

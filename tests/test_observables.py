@@ -164,6 +164,7 @@ def test_fitted_peak_averages_histogram_noise_that_moves_the_three_point_vertex(
         fitted.append(ob.rdf_first_shell(r, g).peak_angstrom)
         three_point.append(ob._parabolic_vertex(r, g, int(np.argmax(g))).position)
     fitted, three_point = np.array(fitted), np.array(three_point)
+    assert np.max(np.abs(fitted - centre)) < 0.06  # a window that does not settle keeps its start's answer
     assert abs(np.mean(fitted) - centre) < 0.003  # unbiased on a symmetric peak
     assert np.std(fitted) < 0.5 * np.std(three_point)
     assert np.std(fitted) < 0.02
@@ -179,6 +180,12 @@ def test_peak_in_range_with_a_fit_finds_a_low_broad_peak_under_noise():
                               fit_half_width=0.15, smooth_bins=5).position for _ in range(100)]
     assert abs(np.mean(found) - centre) < 0.01
     assert np.std(found) < 0.03
+    # twice the noise: no draw may be thrown out of the range (a three-point vertex taken at a
+    # maximum of the smoothed curve only once landed 1.3 Å away)
+    noisy = [ob.peak_in_range(r, smooth + rng.normal(scale=0.06, size=r.shape), 1.5, 2.6,
+                              fit_half_width=0.15, smooth_bins=5).position for _ in range(1000)]
+    assert np.all((np.array(noisy) >= 1.5) & (np.array(noisy) <= 2.6))
+    assert np.mean(np.abs(np.array(noisy) - centre)) < 0.05
     assert np.isnan(ob.peak_in_range(r, smooth, 3.0, 4.0, fit_half_width=0.15, smooth_bins=5).position)
 
 

@@ -73,6 +73,23 @@ def test_overflowing_rows_are_widened_not_truncated():
     assert listed_pairs(nl) == reference_pairs(positions, box, 5.0)
 
 
+@pytest.mark.parametrize("half", [False, True])
+def test_a_list_exactly_as_wide_as_its_longest_row_loses_no_neighbour(half):
+    """The build writes without a branch: once a row is full, later candidates overwrite its last
+    slot. A list whose capacity equals the longest row must therefore be built again wider."""
+    box = np.full(3, 16.0)
+    positions = random_positions(400, box, 4)
+    wide = partition.neighbor_list(positions, box, 4.0, 1.0, half=half)
+    longest = int(wide.counts.max())
+    nl = partition.neighbor_list(positions, box, 4.0, 1.0, half=half, capacity=longest)
+    assert nl.neighbors.shape[1] > longest
+    listed = listed_pairs(nl)
+    if half:
+        listed = {(int(nl.order[p]), int(nl.order[q])) for p, q in listed}
+        listed |= {(j, i) for i, j in listed}
+    assert listed == reference_pairs(positions, box, 5.0)
+
+
 def test_cutoff_beyond_half_the_box_is_refused():
     with pytest.raises(partition.BoxTooSmall, match="replicate"):
         partition.neighbor_list(np.zeros((2, 3)), np.full(3, 8.0), cutoff_angstrom=4.5)

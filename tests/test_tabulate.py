@@ -11,6 +11,7 @@ import pytest
 
 from simulate import energy, md, tabulate, topology
 from simulate.kernels import check_kernel_module, load_kernel_module
+from simulate.reference import compile_reference
 from tests.kernel_examples.starting_frames import DATASET, water32_frame
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -255,7 +256,7 @@ def _module(law, cutoff: float, name: str = "hand_written") -> ModuleType:
     module.MASSES_AMU = (39.948,)
     module.CUTOFF_ANGSTROM = cutoff
     module.pair_energy_force = pair_energy_force
-    module.energy_forces = tabulate._make_pair_energy_forces(pair_energy_force, cutoff)
+    module.energy_forces = compile_reference({"pair_energy_force": pair_energy_force, "CUTOFF_ANGSTROM": cutoff})
     return module
 
 
