@@ -120,6 +120,13 @@ def _fmt(x, digits=3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{digits}f}"
 
 
+def _peak_cell(entry: dict) -> str:
+    position = entry["learned"]["first_peak_angstrom"]
+    if not np.isfinite(position):
+        return "none"
+    return f"{_fmt(position)} ({entry['first_peak_shift_angstrom']:+.3f})"
+
+
 def verdicts(run: dict) -> list[str]:
     """Plain-word statements of where one learned model agrees with CP2K and where it misses."""
     lines = []
@@ -127,6 +134,10 @@ def verdicts(run: dict) -> list[str]:
         ref, new = entry["reference"], entry["learned"]
         shift = entry["first_peak_shift_angstrom"]
         ratio = entry["first_peak_height_ratio"]
+        if not np.isfinite(shift):
+            lines.append(f"g_{pair}: no first peak where CP2K has one ({_fmt(ref['first_peak_angstrom'], 2)} Å"
+                         + (", the hydrogen bond" if pair == "OH" else "") + "): the shell is washed out.")
+            continue
         where = "too far out" if shift > 0 else "too close in"
         position = (f"at the CP2K position (within {PEAK_POSITION_TOLERANCE_ANGSTROM} Å)"
                     if abs(shift) <= PEAK_POSITION_TOLERANCE_ANGSTROM else f"{abs(shift):.2f} Å {where}")
@@ -342,8 +353,7 @@ def report_markdown(m: dict, model_dir: Path) -> str:
     for pair in first["rdf"]:
         ref = first["rdf"][pair]["reference"]
         lines.append(f"| g_{pair} peak (Å) | {_fmt(ref['first_peak_angstrom'])} | " + _model_columns(
-            m, lambda run, pair=pair: f"{_fmt(run['rdf'][pair]['learned']['first_peak_angstrom'])} "
-                           f"({run['rdf'][pair]['first_peak_shift_angstrom']:+.3f})") + " |")
+            m, lambda run, pair=pair: _peak_cell(run["rdf"][pair])) + " |")
         lines.append(f"| g_{pair} height | {_fmt(ref['first_peak_height'], 2)} | " + _model_columns(
             m, lambda run, pair=pair: _fmt(run["rdf"][pair]['learned']['first_peak_height'], 2)) + " |")
         lines.append(f"| g_{pair} ∫\\|Δg\\| dr (Å) | 0 | " + _model_columns(

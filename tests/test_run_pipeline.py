@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,3 +150,20 @@ def test_bad_paths_give_one_line_errors(args, fragment):
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], result.output
     assert "Traceback" not in result.output
+
+
+def test_report_says_plainly_when_a_learned_rdf_has_no_first_peak():
+    """A washed-out shell (the molecular pairwise model's g_OH has only a shoulder) is reported as such,
+    not as a NaN shift."""
+    import copy
+
+    from discover import report
+
+    metrics = json.loads((Path(__file__).parents[1] / "reports" / "default" / "metrics.json").read_text())
+    run = copy.deepcopy(metrics["models"][metrics["default_model"]])
+    entry = run["rdf"]["OH"]
+    entry["learned"]["first_peak_angstrom"] = entry["learned"]["first_peak_height"] = float("nan")
+    entry["first_peak_shift_angstrom"] = entry["first_peak_height_ratio"] = float("nan")
+    lines = [line for line in report.verdicts(run) if line.startswith("g_OH")]
+    assert len(lines) == 1 and "no first peak" in lines[0] and "nan" not in lines[0]
+    assert report._peak_cell(entry) == "none"
