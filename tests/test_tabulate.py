@@ -14,22 +14,25 @@ from simulate.kernels import check_kernel_module, load_kernel_module
 from simulate.reference import compile_reference
 from tests.kernel_examples.starting_frames import DATASET, water32_frame
 
-ROOT = Path(__file__).resolve().parents[1]
-PAIRWISE = ROOT / "models" / "default" / "pairwise" / "kernels.py"
-MANYBODY = ROOT / "models" / "default" / "kernels.py"
-MOLECULAR = ROOT / "models" / "molecular" / "kernels.py"
-# the wall joints of the learned laws, as models/default/pairwise/kernels.py states them
-WALL_JOINTS_ANGSTROM = {"OO": 2.4566361988339187, "OH": 0.8954048302215907, "HH": 1.356065371443905}
+# the learned models of `mld run` on the shipped dataset (closed-form pairwise, many-body and molecular
+# pairwise), copied from models/ as they were written; kernels are generated from them per session
+LEARNED_MODELS = Path(__file__).resolve().parent / "fixtures" / "learned_models"
+
 
 pytestmark = pytest.mark.skipif(not DATASET.is_file(), reason="needs data/water32_300K.npz")
 
 
 @pytest.fixture(scope="module")
-def modules():
+def modules(tmp_path_factory):
     """{name: (closed form, tabulated)} for the learned pairwise, many-body and molecular models."""
+    from discover.codegen import write_kernels
+    from discover.model import Model
+
     out = {}
-    for name, path in (("pairwise", PAIRWISE), ("manybody", MANYBODY), ("molecular", MOLECULAR)):
-        closed = load_kernel_module(path)
+    work = tmp_path_factory.mktemp("learned_kernels")
+    for name in ("pairwise", "manybody", "molecular"):
+        model = Model.load(LEARNED_MODELS / f"{name}.json")
+        closed = load_kernel_module(write_kernels(model, work / name / "kernels.py"))
         out[name] = (closed, tabulate.tabulate_kernel_module(closed))
     return out
 
@@ -127,9 +130,13 @@ def test_tabulated_module_runs_in_the_compiled_force_loops(modules, frames):
 
 
 def test_tables_start_at_the_wall_joints_and_leave_the_core_to_the_closed_form(modules):
+    from discover.model import Model
+
     closed, tabulated = modules["pairwise"]
+    # the learned laws meet their repulsive walls at the smallest sampled distance r_min
+    r_min = Model.load(LEARNED_MODELS / "pairwise.json").r_min_angstrom
     for table in tabulated.PAIR_TABLES:
-        assert table.inner_angstrom == pytest.approx(WALL_JOINTS_ANGSTROM[table.name], abs=1e-12)
+        assert table.inner_angstrom == pytest.approx(r_min[table.name], abs=1e-12)
         assert table.outer_angstrom == closed.CUTOFF_ANGSTROM
     # below the joint the kernel is the closed form itself, bit for bit
     for a, b in ((0, 0), (0, 1), (1, 1)):
