@@ -17,6 +17,9 @@ from simulate.units import masses_amu, temperature_k
 RDF_PAIRS = (("O", "O"), ("O", "H"), ("H", "H"))
 RDF_BINS = 200
 HBOND_RANGE_ANGSTROM = (1.5, 2.6)
+# the hydrogen-bond peak must stand 5 % of its height above g on both sides within ±0.45 Å; a
+# washed-out shell (a shoulder, or a plateau rising into the second shell) has no peak
+HBOND_MIN_PROMINENCE = 0.05
 BOND_EDGES_ANGSTROM = np.linspace(0.8, 1.2, 81)
 ANGLE_EDGES_DEGREES = np.linspace(70.0, 140.0, 71)
 
@@ -56,7 +59,7 @@ def first_shell(pair: str, r: np.ndarray, g: np.ndarray) -> dict:
     if pair == "OH":
         peak = obs.peak_in_range(r, g, HBOND_RANGE_ANGSTROM[0], HBOND_RANGE_ANGSTROM[1],
                                  fit_half_width=obs.RDF_PEAK_FIT_HALF_WIDTH_ANGSTROM,
-                                 smooth_bins=obs.RDF_PEAK_SMOOTH_BINS)
+                                 smooth_bins=obs.RDF_PEAK_SMOOTH_BINS, min_prominence=HBOND_MIN_PROMINENCE)
         after = np.flatnonzero((r > peak.position) & (r < peak.position + 1.5)) if np.isfinite(peak.position) else []
         minimum = float(r[after[np.argmin(g[after])]]) if len(after) else float("nan")
         return {"first_peak_angstrom": peak.position, "first_peak_height": peak.height,

@@ -124,7 +124,8 @@ def _peak_cell(entry: dict) -> str:
     position = entry["learned"]["first_peak_angstrom"]
     if not np.isfinite(position):
         return "none"
-    return f"{_fmt(position)} ({entry['first_peak_shift_angstrom']:+.3f})"
+    shift = entry["first_peak_shift_angstrom"]
+    return f"{_fmt(position)} ({shift:+.3f})" if np.isfinite(shift) else _fmt(position)
 
 
 def verdicts(run: dict) -> list[str]:
@@ -135,8 +136,15 @@ def verdicts(run: dict) -> list[str]:
         shift = entry["first_peak_shift_angstrom"]
         ratio = entry["first_peak_height_ratio"]
         if not np.isfinite(shift):
-            lines.append(f"g_{pair}: no first peak where CP2K has one ({_fmt(ref['first_peak_angstrom'], 2)} Å"
-                         + (", the hydrogen bond" if pair == "OH" else "") + "): the shell is washed out.")
+            what = " (the hydrogen bond)" if pair == "OH" else ""
+            if np.isfinite(ref["first_peak_angstrom"]) and not np.isfinite(new["first_peak_angstrom"]):
+                lines.append(f"g_{pair}: no first peak{what} where CP2K has one at "
+                             f"{_fmt(ref['first_peak_angstrom'], 2)} Å: the shell is washed out.")
+            elif np.isfinite(new["first_peak_angstrom"]):
+                lines.append(f"g_{pair}: a first peak{what} at {_fmt(new['first_peak_angstrom'], 2)} Å "
+                             "where CP2K has none.")
+            else:
+                lines.append(f"g_{pair}: no first peak{what}, in CP2K or in the learned model.")
             continue
         where = "too far out" if shift > 0 else "too close in"
         position = (f"at the CP2K position (within {PEAK_POSITION_TOLERANCE_ANGSTROM} Å)"

@@ -176,7 +176,7 @@ def _refine(x: np.ndarray, y: np.ndarray, i: int, fit_half_width: float | None) 
 
 def peak_in_range(
     x: np.ndarray, y: np.ndarray, x_low: float, x_high: float, min_relative_height: float = 1e-3,
-    fit_half_width: float | None = None, smooth_bins: int = 1,
+    fit_half_width: float | None = None, smooth_bins: int = 1, min_prominence: float = 0.0,
 ) -> Peak:
     """The highest local maximum of y(x) with x_low ≤ x ≤ x_high, refined by a parabola.
 
@@ -184,7 +184,10 @@ def peak_in_range(
     nor is a ripple lower than ``min_relative_height`` times the highest y anywhere (window
     side lobes, round-off): then the result is (NaN, NaN). For noisy curves, the maximum is
     looked for on a ``smooth_bins`` moving average, and refined by a least-squares parabola
-    over ``fit_half_width`` either side (:func:`_fitted_vertex`) on y itself.
+    over ``fit_half_width`` either side (:func:`_fitted_vertex`) on y itself. With
+    ``min_prominence``, the smoothed maximum must also stand that fraction of its height above
+    the lowest smoothed y on *each* side within three fit half-widths: a shoulder or a plateau
+    with a ripple on it (an RDF whose shell is washed out) is then no peak.
     """
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
@@ -196,6 +199,12 @@ def peak_in_range(
     if candidates.size == 0:
         return Peak(float("nan"), float("nan"))
     best = int(candidates[np.argmax(ys[candidates])])
+    if min_prominence > 0.0:
+        reach = 3.0 * (fit_half_width or float(x[1] - x[0]))
+        left = ys[(x >= x[best] - reach) & (x <= x[best])].min()
+        right = ys[(x >= x[best]) & (x <= x[best] + reach)].min()
+        if ys[best] - max(left, right) < min_prominence * ys[best]:
+            return Peak(float("nan"), float("nan"))
     peak = _refine(x, y, best, fit_half_width)
     if not x_low <= peak.position <= x_high:  # refined across the edge: keep the grid's answer
         return Peak(float(x[best]), float(y[best]))

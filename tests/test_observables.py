@@ -186,6 +186,15 @@ def test_peak_in_range_with_a_fit_finds_a_low_broad_peak_under_noise():
                               fit_half_width=0.15, smooth_bins=5).position for _ in range(1000)]
     assert np.all((np.array(noisy) >= 1.5) & (np.array(noisy) <= 2.6))
     assert np.mean(np.abs(np.array(noisy) - centre)) < 0.05
+    # a washed-out shell: a plateau with a ripple on it, rising into the next shell, is no peak
+    # once the peak must stand out; the broad peak above still does
+    plateau = np.where(r < 1.9, 0.8 * (r - 1.4).clip(0, 0.5) / 0.5, 0.8 + 0.6 * (r - 2.5).clip(0, None))
+    plateau = plateau + 0.004 * np.sin(2 * np.pi * r / 0.3)
+    assert np.isfinite(ob.peak_in_range(r, plateau, 1.5, 2.6, fit_half_width=0.15, smooth_bins=5).position)
+    assert np.isnan(ob.peak_in_range(r, plateau, 1.5, 2.6, fit_half_width=0.15, smooth_bins=5,
+                                     min_prominence=0.05).position)
+    assert np.isfinite(ob.peak_in_range(r, smooth, 1.5, 2.6, fit_half_width=0.15, smooth_bins=5,
+                                        min_prominence=0.05).position)
     assert np.isnan(ob.peak_in_range(r, smooth, 3.0, 4.0, fit_half_width=0.15, smooth_bins=5).position)
 
 

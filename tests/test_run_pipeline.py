@@ -167,3 +167,8 @@ def test_report_says_plainly_when_a_learned_rdf_has_no_first_peak():
     lines = [line for line in report.verdicts(run) if line.startswith("g_OH")]
     assert len(lines) == 1 and "no first peak" in lines[0] and "nan" not in lines[0]
     assert report._peak_cell(entry) == "none"
+    # the other way round: a peak the model has and CP2K has not
+    entry["learned"]["first_peak_angstrom"], entry["reference"]["first_peak_angstrom"] = 2.1, float("nan")
+    lines = [line for line in report.verdicts(run) if line.startswith("g_OH")]
+    assert len(lines) == 1 and "where CP2K has none" in lines[0] and "nan" not in lines[0]
+    assert report._peak_cell(entry) == "2.100"
