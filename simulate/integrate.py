@@ -378,7 +378,7 @@ def _make_block(forces_of, forces_between, build, kick_loop, drift_loop, nose_ho
             rebuilt = partition.max_displacement_angstrom(x, reference) > 0.5 * skin
             if rebuilt:
                 nb, cn, im, wr, od, ls, needed = build(x, box, n_cells, list_cutoff, capacity, half, brute)
-                if needed >= capacity:  # a full row may have lost its last entry (partition._build_cells)
+                if partition.overflowed(needed, capacity):
                     stop = _STOP_LIST_OVERFLOW
                     break
                 ref = x.copy()

@@ -146,6 +146,16 @@ def image_shifts_angstrom(box):
     return out
 
 
+@numba.njit(inline="always")
+def overflowed(longest_row: int, capacity: int) -> bool:
+    """Whether a list built ``capacity`` wide must be built again wider.
+
+    A full row overflows too: the cell search writes without a branch, so once a row holds
+    ``capacity`` entries later candidates overwrite its last slot (see :func:`_build_cells`).
+    """
+    return longest_row >= capacity
+
+
 def _build_cells(positions, box, n_cells, list_cutoff, capacity, cell_start, cell_atoms, stencil, half):
     """Rows of the list by cell search: (neighbors, counts, image codes, wraps).
 
@@ -218,7 +228,7 @@ def _build_cells(positions, box, n_cells, list_cutoff, capacity, cell_start, cel
                 # without a branch: every candidate is written at the row's end, which advances only for
                 # those within the list cutoff (one in seven or so: a branch on it would mostly mispredict);
                 # once the row holds ``capacity`` entries, later candidates overwrite its last slot, so a
-                # full row counts as an overflow (needed ≥ capacity) and the list is built again wider
+                # full row counts as an overflow (see overflowed) and the list is built again wider
                 last = capacity - 1
                 for a in range(first, cell_start[other + 1]):
                     dx = xi - sx[a]
@@ -407,7 +417,7 @@ def neighbor_list(
     while True:
         neighbors, counts, image, wrap, order, layer_start, needed = BUILD[use_parallel(n)](
             positions, box, cells, list_cutoff, capacity, bool(half), brute)
-        if needed < capacity:  # a full row may have lost its last entry (see _build_cells)
+        if not overflowed(needed, capacity):
             break
         capacity = needed + 8 + needed // 4  # rows overflowed: widen and search again
     return NeighborList(

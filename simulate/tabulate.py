@@ -80,6 +80,11 @@ class LawTable(NamedTuple):
     def step_angstrom(self) -> float:
         return (self.outer_angstrom - self.inner_angstrom) / self.cells
 
+    @property
+    def inverse_step_per_angstrom(self) -> float:
+        """Cells per Å, as the lookup scales r − inner."""
+        return self.cells / (self.outer_angstrom - self.inner_angstrom)
+
 
 # --- the interpolant -------------------------------------------------------------------------------
 
@@ -134,8 +139,7 @@ def evaluate_table(table: LawTable, r_angstrom: np.ndarray) -> tuple[np.ndarray,
     r = np.ascontiguousarray(r_angstrom, dtype=float)
     if r.size and (r.min() < table.inner_angstrom or r.max() > table.outer_angstrom):
         raise ValueError(f"table {table.name} covers [{table.inner_angstrom}, {table.outer_angstrom}] Å only")
-    return _evaluate_table(table.coefficients, table.inner_angstrom, table.cells / (table.outer_angstrom -
-                                                                                       table.inner_angstrom), r)
+    return _evaluate_table(table.coefficients, table.inner_angstrom, table.inverse_step_per_angstrom, r)
 
 
 # --- a law as the kernel gives it ------------------------------------------------------------------
@@ -366,7 +370,7 @@ def _rows(tables: dict[tuple[int, int], LawTable], n_species: int) -> _Rows:
         row_of_types[a, b] = row_of_types[b, a] = row
         inner.append(table.inner_angstrom)
         outer.append(table.outer_angstrom)
-        inverse_step.append(table.cells / (table.outer_angstrom - table.inner_angstrom))
+        inverse_step.append(table.inverse_step_per_angstrom)
         first_cell.append(offset)
         blocks.append(table.coefficients)
         offset += table.coefficients.shape[0]
