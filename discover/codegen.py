@@ -15,11 +15,20 @@ partial derivatives through one CSE; the tabulated term embeds its Gaussian × L
 The dispatcher puts the neighbours in canonical species order (``discover.threebody``) and swaps the
 two radial derivatives back, so the kernel is symmetric under swapping j and l. ``energy_forces``
 then adds every triplet, O(N³) by the minimum image, for tests.
+
+Every closed-form family mld fits (``threebody.KNOWN_FAMILIES``) is a product w = f1(r1) f2(r2) P(c)
+with P a polynomial of low degree in c = cos θ. When every law of a model separates so
+(``separate_triplet_law``), the module also gets ``TRIPLET_COS_POLYNOMIAL`` and ``triplet_radial``, the
+optional separable form of ``simulate.kernels``: with them an engine sums a centre's triplets in O(M)
+by tensor moments of its M neighbours instead of O(M²) pair by pair, the trick of the atomic cluster
+expansion (Drautz, Phys. Rev. B 99, 014104 (2019)) and moment tensor potentials (Shapeev, Multiscale
+Model. Simul. 14, 1153 (2016)). A law that does not separate leaves both out, with a comment saying why.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +41,7 @@ from discover.force_matching import SPLINE_DEGREE
 from discover.invariants import is_intramolecular, pair_type_names, species_of_pair, species_pair_of
 from discover.model import Model, ModelError
 from simulate.fileio import write_text_atomic
+from simulate.kernels import MAX_COS_DEGREE  # cos^n θ needs moments of rank n (3^n components)
 from simulate.reference import TRIPLET_SUM_SOURCE, pair_sum_source
 
 
@@ -330,6 +340,205 @@ def _triplet_dispatch(model: Model) -> list[str]:
     return lines
 
 
+# --- the separable form of closed-form triplet laws (optional part of simulate.kernels) -------------------
+
+SEPARATION_RELATIVE_TOLERANCE = 1e-12  # of the numerical checks: rounding, not a fitted approximation
+# like-neighbour radial factors are compared, and the separated law against the law, on these points
+_CHECK_POINTS = 400
+_CHECK_START_FRACTION = 0.15  # of r_3: ~0.5 Å for water, below any sampled triplet leg
+
+
+class NotSeparableError(ValueError):
+    """A triplet law that is not f1(r1) f2(r2) P(c) with P a polynomial of degree ≤ MAX_COS_DEGREE."""
+
+
+@dataclass(frozen=True)
+class SeparableTripletLaw:
+    """w(r1, r2, c) = radial1(r1) · radial2(r2) · Σ_n cos_coefficients[n] c^n.
+
+    ``radial1`` and ``radial2`` are sympy expressions of ``symbolic.R`` (Å): the legs to the lower- and
+    higher-species neighbour (``threebody``'s canonical r1, r2). For like neighbours they are one and
+    the same expression, any constant ratio of the law's two factors folded into the coefficients.
+    """
+
+    radial1: sympy.Expr
+    radial2: sympy.Expr
+    cos_coefficients: tuple[float, ...]
+
+    @property
+    def degree(self) -> int:
+        return len(self.cos_coefficients) - 1
+
+
+def _numeric(expression: sympy.Expr, variables, values) -> np.ndarray:
+    function = sympy.lambdify(variables, expression, modules="numpy")
+    with np.errstate(all="ignore"):
+        return np.broadcast_to(np.asarray(function(*values), dtype=float), np.shape(values[0]))
+
+
+def _check_grid(cutoff_angstrom: float) -> np.ndarray:
+    return np.linspace(_CHECK_START_FRACTION * cutoff_angstrom, cutoff_angstrom, _CHECK_POINTS, endpoint=False)
+
+
+def _proportionality(f1: sympy.Expr, f2: sympy.Expr, cutoff_angstrom: float) -> float:
+    """κ with f1(r) = κ f2(r) for r below r_3 (1 exactly when the expressions agree); raises if there is none."""
+    if f1 == f2:
+        return 1.0
+    r = _check_grid(cutoff_angstrom)
+    v1, v2 = _numeric(f1, [symbolic.R], [r]), _numeric(f2, [symbolic.R], [r])
+    if not (np.all(np.isfinite(v1)) and np.all(np.isfinite(v2))):
+        raise NotSeparableError("a radial factor is not finite below the three-body cutoff")
+    largest = int(np.argmax(np.abs(v2)))
+    if v2[largest] == 0.0:
+        raise NotSeparableError("a radial factor vanishes below the three-body cutoff")
+    kappa = float(v1[largest] / v2[largest])
+    scale = float(np.max(np.abs(v1)))
+    if not np.all(np.abs(v1 - kappa * v2) <= SEPARATION_RELATIVE_TOLERANCE * scale):
+        raise NotSeparableError("its radial factors of the two like neighbours are not one function")
+    return kappa
+
+
+def separate_triplet_law(w: sympy.Expr, like_neighbours: bool, cutoff_angstrom: float) -> SeparableTripletLaw:
+    """``w`` of ``threebody.R1``, ``R2``, ``C`` as f1(r1) f2(r2) P(c); raises NotSeparableError if it is not.
+
+    The split is sympy's (``separatevars``); since that assumes positive symbols (``force``), the
+    product is then checked against ``w`` on random points below r_3 for every c in [−1, 1].
+    """
+    r1, r2, c = threebody.R1, threebody.R2, threebody.C
+    parts = sympy.separatevars(w, symbols=[r1, r2, c], dict=True, force=True)
+    if parts is None:
+        raise NotSeparableError("not a product of a function of r1, one of r2 and one of cos θ")
+    f1, f2, angular, coefficient = parts[r1], parts[r2], parts[c], parts["coeff"]
+    if (coefficient.free_symbols or not f1.free_symbols <= {r1} or not f2.free_symbols <= {r2}
+            or not angular.free_symbols <= {c}):
+        raise NotSeparableError("not a product of a function of r1, one of r2 and one of cos θ")
+    if not angular.is_polynomial(c):
+        raise NotSeparableError(f"its cos θ factor {angular} is not a polynomial")
+    polynomial = sympy.Poly(sympy.expand(angular), c)
+    if polynomial.degree() > MAX_COS_DEGREE:
+        raise NotSeparableError(f"its cos θ factor has degree {polynomial.degree()} > {MAX_COS_DEGREE}")
+    f1, f2 = f1.subs(r1, symbolic.R), f2.subs(r2, symbolic.R)
+    scale = float(coefficient)
+    if like_neighbours:
+        # w = coeff f1(r1) f2(r2) P with f1 = κ f2, so w = (coeff/κ) f1(r1) f1(r2) P: one function, both legs
+        scale /= _proportionality(f1, f2, cutoff_angstrom)
+        f2 = f1
+    coefficients = tuple(scale * float(a) for a in reversed(polynomial.all_coeffs()))
+    law = SeparableTripletLaw(f1, f2, coefficients)
+    _check_separated(w, law, cutoff_angstrom)
+    return law
+
+
+def _check_separated(w: sympy.Expr, law: SeparableTripletLaw, cutoff_angstrom: float) -> None:
+    rng = np.random.default_rng(0)
+    r1, r2 = (rng.uniform(_CHECK_START_FRACTION * cutoff_angstrom, cutoff_angstrom, _CHECK_POINTS) for _ in range(2))
+    c = rng.uniform(-1.0, 1.0, _CHECK_POINTS)
+    radial1, radial2 = _numeric(law.radial1, [symbolic.R], [r1]), _numeric(law.radial2, [symbolic.R], [r2])
+    powers = c[:, None] ** np.arange(law.degree + 1)
+    separated = radial1 * radial2 * (powers @ np.array(law.cos_coefficients))
+    bound = np.abs(radial1 * radial2) * (np.abs(powers) @ np.abs(law.cos_coefficients))
+    direct = _numeric(w, [threebody.R1, threebody.R2, threebody.C], [r1, r2, c])
+    if not np.all(np.abs(separated - direct) <= SEPARATION_RELATIVE_TOLERANCE * np.maximum(bound, np.abs(direct))):
+        raise NotSeparableError("its product of factors differs from the law (a split valid for positive c only?)")
+
+
+def separable_triplet_laws(term: threebody.ThreeBodyLaws) -> dict[str, SeparableTripletLaw]:
+    """``{triplet type: SeparableTripletLaw}`` for every law of ``term``; raises NotSeparableError naming the type."""
+    like = threebody.same_neighbour_species(len(term.species))
+    laws = {}
+    for t, name in enumerate(term.triplet_types):
+        if name in term.expressions:
+            try:
+                laws[name] = separate_triplet_law(term.expressions[name], bool(like[t]), term.cutoff_angstrom)
+            except NotSeparableError as exc:
+                raise NotSeparableError(f"{name}: {exc}") from None
+    return laws
+
+
+def _cos_polynomial_table(term: threebody.ThreeBodyLaws, laws: dict) -> np.ndarray:
+    """(S, S, S, D+1): [type_k][type_j][type_l][n], symmetric in (type_j, type_l), zero for types without a law."""
+    n = len(term.species)
+    degree = max(law.degree for law in laws.values())
+    table = np.zeros((n, n, n, degree + 1))
+    for k in range(n):
+        for a in range(n):
+            for b in range(a, n):
+                name = term.triplet_types[threebody.triplet_type_index(k, a, b, n)]
+                if name in laws:
+                    coefficients = laws[name].cos_coefficients
+                    table[k, a, b, :len(coefficients)] = table[k, b, a, :len(coefficients)] = coefficients
+    return table
+
+
+def _nested_tuple(array: np.ndarray) -> str:
+    items = [repr(float(v)) for v in array] if array.ndim == 1 else [_nested_tuple(a) for a in array]
+    return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+
+
+def _radial_lines(function: str, radial: sympy.Expr, what: str) -> list[str]:
+    return [
+        "",
+        "@numba.njit(cache=False)",
+        f"def {function}(r):",
+        f'    """{what} at distance r (Å), and its derivative in 1/Å."""',
+        *_energy_and_derivative_lines(radial, "    "),
+        "    return float(u), float(du)",
+        "",
+    ]
+
+
+def _separable_triplet_lines(model: Model) -> list[str]:
+    """``TRIPLET_COS_POLYNOMIAL`` and ``triplet_radial`` of closed-form laws that all separate, else a comment."""
+    term = model.threebody
+    if not isinstance(term, threebody.ThreeBodyLaws):
+        return []  # the Gaussian × Legendre table is a sum of many products: no one radial factor per leg
+    try:
+        laws = separable_triplet_laws(term)
+    except NotSeparableError as exc:
+        return ["", f"# no separable triplet form (TRIPLET_COS_POLYNOMIAL, triplet_radial): {exc}", ""]
+    table = _cos_polynomial_table(term, laws)
+    lines = ["",
+             "# coefficient of cos^n θ of the triplet law of centre type_k, neighbours type_j, type_l:",
+             "# [type_k][type_j][type_l][n]; w = triplet_radial(k, j, l, r_kj) triplet_radial(k, l, j, r_kl) P(cos θ)",
+             "TRIPLET_COS_POLYNOMIAL = (",
+             *[f"    {_nested_tuple(table[k])}," for k in range(len(term.species))],
+             ")", ""]
+    like = threebody.same_neighbour_species(len(term.species))
+    for t, name in enumerate(term.triplet_types):
+        if name not in laws:
+            continue
+        if like[t]:
+            lines += _radial_lines(f"radial_{name}_1", laws[name].radial1, f"Radial factor of either leg of {name}")
+        else:
+            lines += _radial_lines(f"radial_{name}_1", laws[name].radial1,
+                                   f"Radial factor of {name}'s leg to its {name[0]} neighbour")
+            lines += _radial_lines(f"radial_{name}_2", laws[name].radial2,
+                                   f"Radial factor of {name}'s leg to its {name[-1]} neighbour")
+    lines += [
+        "",
+        "@numba.njit(cache=False)",
+        "def triplet_radial(type_k, type_j, type_other, r):",
+        '    """(R, dR/dr) of the leg k–j at distance r (Å) of a triplet whose other neighbour has type_other."""',
+        "    if r >= THREEBODY_CUTOFF_ANGSTROM:",
+        "        return 0.0, 0.0",
+        "    # canonical order, as in triplet_energy_gradient: the leg to the lower species is the law's r1",
+        "    first = type_j <= type_other",
+        "    a = min(type_j, type_other)",
+        "    b = max(type_j, type_other)",
+        "    index = type_k * (N_SPECIES * (N_SPECIES + 1) // 2) + a * N_SPECIES - a * (a - 1) // 2 + (b - a)",
+    ]
+    keyword = "if"
+    for t, name in enumerate(term.triplet_types):
+        if name not in laws:
+            continue
+        lines.append(f"    {keyword} index == {t}:")
+        if like[t]:
+            lines.append(f"        return radial_{name}_1(r)")
+        else:
+            lines += ["        if first:", f"            return radial_{name}_1(r)", f"        return radial_{name}_2(r)"]
+        keyword = "elif"
+    lines += ["    return 0.0, 0.0", ""]
+    return lines
 
 
 def kernel_source(model: Model) -> str:
@@ -361,6 +570,7 @@ def kernel_source(model: Model) -> str:
         for name, w in term.expressions.items():
             lines += _triplet_law_lines(name, w)
     lines += _triplet_dispatch(model)
+    lines += _separable_triplet_lines(model)
     lines.append(pair_sum_source("pair_energy_forces"))
     lines.append(TRIPLET_SUM_SOURCE)
     return "\n".join(lines)

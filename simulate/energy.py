@@ -22,7 +22,10 @@ independent in the same way:
 1. the pair pass also files every pair inside r_3 in a short *full* list of both atoms (a pair is
    visited once, so it writes both rows, like its forces), with the slot it took in the other row;
 2. each centre k, in parallel, sums its triplets: its own force and loss, and the gradient on each of
-   its neighbours into that neighbour's slot of k's row — a centre writes only its own row;
+   its neighbours into that neighbour's slot of k's row — a centre writes only its own row. A law that
+   is a product of radial factors and a polynomial in cos θ (every closed form mld fits) is summed by
+   moments of the neighbours, in time linear in their number M rather than M²/2 triplet calls
+   (``moment_centre``: 1.4× less time for the whole force pass of the learned many-body water);
 3. each atom, in parallel, gathers the gradients stored for it in its neighbours' rows.
 
 The short list holds ~14 atoms per row for water at r_3 = 3.2 Å, against ~85 in a full list at the
@@ -52,7 +55,7 @@ import numpy as np
 from numba import prange
 
 from simulate import partition, topology
-from simulate.kernels import has_threebody, is_molecular
+from simulate.kernels import MAX_COS_DEGREE, has_separable_triplets, has_threebody, is_molecular
 from simulate.space import box_lengths
 
 
@@ -77,6 +80,29 @@ def _no_pair(type_i, type_j, r):
     return 0.0, 0.0
 
 
+@numba.njit(cache=True)
+def _no_radial(type_k, type_j, type_other, r):
+    return 0.0, 0.0
+
+
+def _moment_layout(cos_polynomial) -> tuple:
+    """What the moment pass closes over, from ``TRIPLET_COS_POLYNOMIAL`` (S, S, S, D+1).
+
+    (the coefficients, their sums over n for two neighbours of one species (S, S), the power n of
+    each flattened moment component, S, the number of components Σ_{n≤D} 3^n, D).
+    """
+    poly = np.ascontiguousarray(cos_polynomial, dtype=np.float64)
+    degree = poly.shape[3] - 1
+    if degree > MAX_COS_DEGREE:
+        raise ValueError(f"cos-polynomials of degree {degree} > {MAX_COS_DEGREE} are not supported")
+    if not np.array_equal(poly, poly.transpose(0, 2, 1, 3)):
+        raise ValueError("TRIPLET_COS_POLYNOMIAL must be symmetric in its neighbours' types (the moments assume it)")
+    n_species = poly.shape[0]
+    power_of = np.concatenate([np.full(3**n, n, dtype=np.int64) for n in range(degree + 1)])
+    poly_same = np.ascontiguousarray(np.einsum("kbbn->kb", poly))
+    return poly, poly_same, power_of, n_species, len(power_of), degree
+
+
 def _inlined(kernel):
     """The kernel compiled into every loop that calls it (Numba's own inlining), not called as a function.
 
@@ -90,7 +116,8 @@ def _inlined(kernel):
     return numba.njit(inline="always")(py_func) if py_func is not None else kernel
 
 
-def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_energy_force=None):
+def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_energy_force=None, triplet_radial=None,
+                cos_polynomial=None):
     """(half-list forces, its forces-only variant, full-list forces), each a (serial, parallel) pair.
 
     All return ``(forces (N,3), loss (N,), virial (N,), nearest (N,), energy, virial_total, needed3,
@@ -105,10 +132,17 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
     ``capacity3`` the three-body passes were skipped and the call must be repeated with a wider list.
     With ``intra_pair_energy_force`` (a molecular model) a last pass puts the bonded law in place of
     the pair law on the intramolecular pairs ``work[11], work[12]`` (see :func:`workspace`).
+    With ``triplet_radial`` and ``cos_polynomial`` (a separable three-body law, see
+    :mod:`simulate.kernels`) each centre's triplets are summed by moments (:func:`_moment_layout`)
+    instead of pair by pair.
     """
     with_triplets = triplet_energy_gradient is not None  # a compile-time constant of the loops
+    with_moments = with_triplets and triplet_radial is not None
     pair_energy_force = _inlined(pair_energy_force)
     triplet = _inlined(triplet_energy_gradient) if with_triplets else _no_triplets
+    radial = _inlined(triplet_radial) if with_moments else _no_radial
+    poly, poly_same, power_of, n_species, n_components, degree = _moment_layout(
+        cos_polynomial if with_moments else np.zeros((1, 1, 1, 1)))
     with_bonds = intra_pair_energy_force is not None
     bonded = topology.make_bonded_loop(intra_pair_energy_force if with_bonds else _no_pair, pair_energy_force)
 
@@ -215,6 +249,147 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
         loss[k] += e
         virial[k] += wv
         return e
+
+    @numba.njit(inline="always")
+    def moment_centre(k, types, nb3, d3, cnt3, grad3, forces, loss, virial, vp, rad, drad, moments, adjoint, diag):
+        """Every triplet j–k–l of centre k by moments; returns their energy. Writes to k and k's short row only.
+
+        For a separable law w = R(r_kj) R(r_kl) Σ_n p_n (û_j·û_l)^n, with (û_j·û_l)^n = ⟨û_j^⊗n, û_l^⊗n⟩,
+        the sum over pairs of neighbours of species b and c is Σ_n p_n ⟨T_b|c^n, T_c|b^n⟩, where
+        T_b|c^n = Σ_{j of species b} R_b|c(r_kj) û_j^⊗n is a moment of the neighbours (R_b|c: the leg
+        to a b neighbour when the other is a c); for b = c, half of it less the j = l terms, Σ_j R_j².
+        So a centre costs O(M) in its M neighbours, not O(M²): the moment (linear-scaling) expansion of
+        Shapeev's moment tensor potentials (2016, Multiscale Model. Simul. 14, 1153) and Drautz's
+        ACE (2019, Phys. Rev. B 99, 014104), exact here because the law is a product. The gradient
+        on neighbour j is (∂E/∂r_j) û_j + (I − û_j û_jᵀ) ∂E/∂û_j / r_j, with ∂E/∂T_b|c = p T_c|b
+        (``adjoint``); the centre takes minus the sum, and Σ r·F is −Σ_j r_j ∂E/∂r_j.
+        """
+        m = cnt3[k]
+        tk = types[k]
+        for b in range(n_species):
+            diag[b] = 0.0
+            for c in range(n_species):
+                for q in range(n_components):
+                    moments[b, c, q] = 0.0
+        for a in range(m):
+            tj = types[nb3[k, a]]
+            r = d3[k, a, 3]
+            # û^⊗n, n ≤ degree, flattened: [1, û (3), û⊗û (9), û⊗û⊗û (27)]
+            vp[a, 0] = 1.0
+            if degree >= 1:
+                for i in range(3):
+                    vp[a, 1 + i] = d3[k, a, i]
+            if degree >= 2:
+                for i in range(3):
+                    for j in range(3):
+                        vp[a, 4 + 3 * i + j] = vp[a, 1 + i] * vp[a, 1 + j]
+            if degree >= 3:
+                for i in range(9):
+                    for j in range(3):
+                        vp[a, 13 + 3 * i + j] = vp[a, 4 + i] * vp[a, 1 + j]
+            for c in range(n_species):
+                big_r, d_r = radial(tk, tj, c, r)
+                rad[a, c] = big_r
+                drad[a, c] = d_r
+                for q in range(n_components):
+                    moments[tj, c, q] += big_r * vp[a, q]
+            diag[tj] += rad[a, tj] * rad[a, tj]
+        e = 0.0
+        for b in range(n_species):
+            for c in range(n_species):
+                for q in range(n_components):
+                    g = poly[tk, b, c, power_of[q]] * moments[c, b, q]
+                    adjoint[b, c, q] = g
+                    e += 0.5 * g * moments[b, c, q]
+            e -= 0.5 * poly_same[tk, b] * diag[b]
+        fx = 0.0
+        fy = 0.0
+        fz = 0.0
+        wv = 0.0
+        for a in range(m):
+            tj = types[nb3[k, a]]
+            ux, uy, uz, r, inv_r = d3[k, a, 0], d3[k, a, 1], d3[k, a, 2], d3[k, a, 3], d3[k, a, 4]
+            de_dr = 0.0
+            hx = 0.0
+            hy = 0.0
+            hz = 0.0
+            for c in range(n_species):
+                big_r = rad[a, c]
+                # ⟨G^n, û^⊗n⟩ and its û-gradient n G^n·û^⊗(n−1) (G^n is symmetric), sharing t = G²·û
+                # and q = G³:û⊗û: s = G⁰ + G¹·û + t·û + q·û, h = R (G¹ + 2t + 3q)
+                s = adjoint[tj, c, 0]
+                h0 = 0.0
+                h1 = 0.0
+                h2 = 0.0
+                if degree >= 1:
+                    h0 = adjoint[tj, c, 1]
+                    h1 = adjoint[tj, c, 2]
+                    h2 = adjoint[tj, c, 3]
+                    s += h0 * ux + h1 * uy + h2 * uz
+                if degree >= 2:
+                    t0 = adjoint[tj, c, 4] * ux + adjoint[tj, c, 5] * uy + adjoint[tj, c, 6] * uz
+                    t1 = adjoint[tj, c, 7] * ux + adjoint[tj, c, 8] * uy + adjoint[tj, c, 9] * uz
+                    t2 = adjoint[tj, c, 10] * ux + adjoint[tj, c, 11] * uy + adjoint[tj, c, 12] * uz
+                    s += t0 * ux + t1 * uy + t2 * uz
+                    h0 += 2.0 * t0
+                    h1 += 2.0 * t1
+                    h2 += 2.0 * t2
+                if degree >= 3:
+                    q0 = 0.0
+                    q1 = 0.0
+                    q2 = 0.0
+                    for j in range(9):
+                        q0 += adjoint[tj, c, 13 + j] * vp[a, 4 + j]
+                        q1 += adjoint[tj, c, 22 + j] * vp[a, 4 + j]
+                        q2 += adjoint[tj, c, 31 + j] * vp[a, 4 + j]
+                    s += q0 * ux + q1 * uy + q2 * uz
+                    h0 += 3.0 * q0
+                    h1 += 3.0 * q1
+                    h2 += 3.0 * q2
+                if c == tj:
+                    s -= poly_same[tk, tj] * big_r
+                de_dr += s * drad[a, c]
+                hx += big_r * h0
+                hy += big_r * h1
+                hz += big_r * h2
+            hu = hx * ux + hy * uy + hz * uz
+            gx = de_dr * ux + (hx - hu * ux) * inv_r
+            gy = de_dr * uy + (hy - hu * uy) * inv_r
+            gz = de_dr * uz + (hz - hu * uz) * inv_r
+            grad3[k, a, 0] = gx
+            grad3[k, a, 1] = gy
+            grad3[k, a, 2] = gz
+            fx += gx
+            fy += gy
+            fz += gz
+            wv -= r * de_dr
+        forces[k, 0] += fx
+        forces[k, 1] += fy
+        forces[k, 2] += fz
+        loss[k] += e
+        virial[k] += wv
+        return e
+
+    @numba.njit(inline="always")
+    def centre_chunk(chunk, n, types, nb3, d3, cnt3, grad3, forces, loss, virial, energy3):
+        """The centres of one parallel task of the three-body pass, with their scratch rows."""
+        first = chunk * TRIPLET_CHUNK
+        last = min(n, first + TRIPLET_CHUNK)
+        rows = nb3.shape[1]
+        if with_moments:
+            vp = np.empty((rows, n_components))
+            rad = np.empty((rows, n_species))
+            drad = np.empty((rows, n_species))
+            moments = np.empty((n_species, n_species, n_components))
+            adjoint = np.empty((n_species, n_species, n_components))
+            diag = np.empty(n_species)
+            for k in range(first, last):
+                energy3[k] = moment_centre(k, types, nb3, d3, cnt3, grad3, forces, loss, virial, vp, rad, drad,
+                                           moments, adjoint, diag)
+        else:
+            perm = np.empty(rows, dtype=np.int64)
+            for k in range(first, last):
+                energy3[k] = triplet_centre(k, types, nb3, d3, cnt3, grad3, forces, loss, virial, perm)
 
     @numba.njit(inline="always")
     def gather(p, nb3, rev3, cnt3, grad3, forces):
@@ -368,10 +543,7 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                     # function would not be parallelised)
                     energy3 = np.empty(n)
                     for c in prange((n + TRIPLET_CHUNK - 1) // TRIPLET_CHUNK):
-                        perm = np.empty(nb3.shape[1], dtype=np.int64)
-                        for k in range(c * TRIPLET_CHUNK, min(n, (c + 1) * TRIPLET_CHUNK)):
-                            energy3[k] = triplet_centre(k, cell_types, nb3, d3, cnt3, grad3, forces, loss, virial,
-                                                        perm)
+                        centre_chunk(c, n, cell_types, nb3, d3, cnt3, grad3, forces, loss, virial, energy3)
                     for k in range(n):
                         energy += energy3[k]
                     for p in prange(n):
@@ -490,9 +662,7 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                 # function would not be parallelised)
                 energy3 = np.empty(n)
                 for c in prange((n + TRIPLET_CHUNK - 1) // TRIPLET_CHUNK):
-                    perm = np.empty(nb3.shape[1], dtype=np.int64)
-                    for k in range(c * TRIPLET_CHUNK, min(n, (c + 1) * TRIPLET_CHUNK)):
-                        energy3[k] = triplet_centre(k, types, nb3, d3, cnt3, grad3, forces, loss, virial, perm)
+                    centre_chunk(c, n, types, nb3, d3, cnt3, grad3, forces, loss, virial, energy3)
                 for k in range(n):
                     energy += energy3[k]
                 for p in prange(n):
@@ -526,15 +696,23 @@ class ForceLoops(NamedTuple):
 _LOOPS: dict = {}
 
 
-def force_loops(kernel_module: ModuleType) -> ForceLoops:
-    """The compiled loops of one kernel module, made once per process."""
-    key = id(kernel_module)
+def force_loops(kernel_module: ModuleType, triplet_moments: bool = True) -> ForceLoops:
+    """The compiled loops of one kernel module, made once per process.
+
+    A separable three-body law (:func:`simulate.kernels.has_separable_triplets`) is summed by moments
+    unless ``triplet_moments`` is False (then triplet by triplet, as any other three-body law).
+    """
+    moments = triplet_moments and has_separable_triplets(kernel_module)
+    key = (id(kernel_module), moments)
     cached = _LOOPS.get(key)
     if cached is None or cached.kernel_module is not kernel_module:
         threebody = has_threebody(kernel_module)
-        half, half_forces_only, full = _make_loops(kernel_module.pair_energy_force,
-                                 kernel_module.triplet_energy_gradient if threebody else None,
-                                 kernel_module.intra_pair_energy_force if is_molecular(kernel_module) else None)
+        half, half_forces_only, full = _make_loops(
+            kernel_module.pair_energy_force,
+            kernel_module.triplet_energy_gradient if threebody else None,
+            kernel_module.intra_pair_energy_force if is_molecular(kernel_module) else None,
+            kernel_module.triplet_radial if moments else None,
+            kernel_module.TRIPLET_COS_POLYNOMIAL if moments else None)
         cutoff3 = float(kernel_module.THREEBODY_CUTOFF_ANGSTROM) if threebody else 0.0
         cached = ForceLoops(kernel_module, half, half_forces_only, full, float(kernel_module.CUTOFF_ANGSTROM), cutoff3, {})
         _LOOPS[key] = cached

@@ -12,13 +12,13 @@ All three take a ``force_fn(positions, neighbors) -> (neighbors, ForceResult)`` 
 Python's cost of a step (a dozen calls into compiled code, new named tuples) is some 12 µs
 (measured at 96 atoms), a quarter of the pair forces of a hundred atoms. So NVE and the Nosé–Hoover
 chain also offer
-``run(state, n_steps, max_force_ev_per_angstrom, min_distance_angstrom) -> (state, steps done,
+``run(state, n_steps, max_force_ev_per_angstrom, min_distance_angstrom, planned_steps=0) -> (state, steps done,
 list builds)``: up to ``n_steps`` steps in one compiled loop that calls the same compiled pieces
 (kicks, drifts, chain half-steps, list builds, force functions) in the same order, so it reaches the
 states of ``step`` bit for bit. Only its last step computes energy, per-atom losses and virial (nobody
-reads them in between, as LAMMPS computes energies only on output steps); from 1,000 atoms the others
-take the same forces, bit for bit, from the forces-only variant of the force loop
-(:func:`simulate.energy._make_loops`).
+reads them in between, as LAMMPS computes energies only on output steps); from 1,000 atoms, or in a run
+whose ``planned_steps`` make 2·10⁷ atom-steps, the others take the same forces, bit for bit, from the
+forces-only variant of the force loop (:func:`simulate.energy._make_loops`).
 It stops early, before committing it, at a step that ``step`` must
 take instead: one whose list or three-body rows overflow (``step`` widens them) or whose state
 fails the checks of :mod:`simulate.md` (``step`` then gives the state to report). ``run`` is
@@ -190,8 +190,10 @@ def nve(force_fn, dt_fs: float) -> Integrator:
     def conserved_energy_ev(state: NVEState) -> float:
         return 0.5 * _twice_kinetic_ev(state.velocities, state.masses) + state.force.energy_ev
 
-    def run(state: NVEState, n_steps: int, max_force_ev_per_angstrom: float, min_distance_angstrom: float):
-        return _run_block(force_fn, state, n_steps, dt_fs, max_force_ev_per_angstrom, min_distance_angstrom)
+    def run(state: NVEState, n_steps: int, max_force_ev_per_angstrom: float, min_distance_angstrom: float,
+            planned_steps: int = 0):
+        return _run_block(force_fn, state, n_steps, dt_fs, max_force_ev_per_angstrom, min_distance_angstrom,
+                          planned_steps=planned_steps)
 
     return Integrator(init, step, conserved_energy_ev, run if _compiled(force_fn) else None)
 
@@ -315,10 +317,11 @@ def nvt_nose_hoover(
         )
 
     def run(state: NoseHooverChainState, n_steps: int, max_force_ev_per_angstrom: float,
-            min_distance_angstrom: float):
+            min_distance_angstrom: float, planned_steps: int = 0):
         dof = degrees_of_freedom(len(state.masses)) if n_dof is None else n_dof
         chain = (kt, float(dof), chain_steps, weights)
-        return _run_block(force_fn, state, n_steps, dt_fs, max_force_ev_per_angstrom, min_distance_angstrom, chain)
+        return _run_block(force_fn, state, n_steps, dt_fs, max_force_ev_per_angstrom, min_distance_angstrom, chain,
+                          planned_steps)
 
     return Integrator(init, step, conserved_energy_ev, run if _compiled(force_fn) else None)
 
@@ -425,15 +428,22 @@ def _make_block(forces_of, forces_between, build, kick_loop, drift_loop, nose_ho
     return block
 
 
-# Below this many atoms the blocks compute energies on every step: the forces-only variant of the force
-# loop would save less than its compilation costs (1.5–3 s per kernel module; 10–25 % of a force pass of
-# 0.3–1 µs per atom, so some 10⁷ atom-steps to pay back).
+# The blocks take their forces between outputs from the forces-only variant of the force loop from this
+# many atoms, or for a run planned long enough to pay back its compilation (1.5–3 s per kernel module,
+# against 10–25 % of a force pass of 0.3–3 µs per atom: some 10⁷ atom-steps). A short run of a small box
+# computes energies on every step instead.
 FORCES_ONLY_MIN_ATOMS = 1000
+FORCES_ONLY_MIN_ATOM_STEPS = 20_000_000
 
 
-def _block(force_fn, parallel: bool, nose_hoover: bool, n_atoms: int):
+def uses_forces_only(n_atoms: int, planned_steps: int = 0) -> bool:
+    """Whether a compiled block of an ``n_atoms`` run of ``planned_steps`` steps in all uses the forces-only pass."""
+    return n_atoms >= FORCES_ONLY_MIN_ATOMS or n_atoms * planned_steps >= FORCES_ONLY_MIN_ATOM_STEPS
+
+
+def _block(force_fn, parallel: bool, nose_hoover: bool, n_atoms: int, planned_steps: int = 0):
     loops = energy.force_loops(force_fn.kernel_module)
-    forces_only = n_atoms >= FORCES_ONLY_MIN_ATOMS
+    forces_only = uses_forces_only(n_atoms, planned_steps)
     key = (id(loops), parallel, nose_hoover, forces_only)
     cached = _BLOCKS.get(key)
     if cached is None or cached[0] is not loops:
@@ -444,7 +454,8 @@ def _block(force_fn, parallel: bool, nose_hoover: bool, n_atoms: int):
     return cached[1]
 
 
-def _run_block(force_fn, state, n_steps: int, dt_fs: float, max_force: float, min_distance: float, chain=None):
+def _run_block(force_fn, state, n_steps: int, dt_fs: float, max_force: float, min_distance: float, chain=None,
+               planned_steps: int = 0):
     """(state, steps done, list builds) after up to ``n_steps`` steps of the compiled loop."""
     nl = state.neighbors
     if n_steps <= 0 or not nl.half or nl.skin_angstrom != force_fn.skin_angstrom:
@@ -461,7 +472,7 @@ def _run_block(force_fn, state, n_steps: int, dt_fs: float, max_force: float, mi
         kt, n_dof, chain_steps, weights = 0.0, 0.0, 1, np.ones(1)
         chain_state = (np.zeros(1), np.zeros(1), np.ones(1))
     done, builds, _, positions, velocities, force_out, list_arrays, (xi, v_xi) = _block(
-        force_fn, parallel, nose_hoover, n)(
+        force_fn, parallel, nose_hoover, n, planned_steps)(
         int(n_steps), np.ascontiguousarray(state.positions, dtype=float),
         np.ascontiguousarray(state.velocities, dtype=float), np.asarray(state.masses, dtype=float),
         _accel_per_force(state.masses), float(dt_fs),

@@ -30,6 +30,21 @@ Optional, for many-body models:
     Returns ``(w_ev, dw_dr_kj, dw_dr_kl, dw_dcos)``; zero when r_kj or r_kl ≥ r_3. Must be
     symmetric under swapping (j, r_kj) with (l, r_kl).
 
+Optional, for a three-body law that is a product (every closed-form family mld fits is), both of:
+
+``TRIPLET_COS_POLYNOMIAL``
+    (S, S, S, D+1) nested tuple, D ≤ 3: ``[type_k][type_j][type_l][n]`` is the coefficient p_n of
+    cos^n θ for a centre of type k with neighbours of types j and l; symmetric in (j, l).
+``triplet_radial(type_k, type_j, type_other, r)``
+    ``@numba.njit`` scalar: ``(R, dR_dr)``, the factor of the leg to a neighbour of type j at r Å
+    when the triplet's other neighbour is of type ``type_other``; (0, 0) when r ≥ r_3.
+
+  such that ``triplet_energy_gradient(k, j, l, r1, r2, c)[0] = R(k, j, l, r1) · R(k, l, j, r2) ·
+  Σ_n p_n[k][j][l] c^n``. The simulator then sums a centre's triplets by moments, in time linear in
+  its neighbours (see :mod:`simulate.energy`); :func:`check_kernel_module` samples the identity and its
+  three derivatives (to 10⁻⁹ of the terms summed, plus ``TRIPLET_RADIAL_ALLOWANCE``, in eV or eV/Å, 0 if
+  absent: a tabulated module declares its tables' error there).
+
 Optional, for molecular models (see :mod:`simulate.topology`):
 
 ``TOPOLOGY``
@@ -113,6 +128,62 @@ def check_kernel_module(module: ModuleType, label: str = "kernel module") -> Non
             raise KernelModuleError(f"{label}: INTRA_PAIR_TYPES must be a {n}×{n} table")
         if has_threebody(module):
             raise KernelModuleError(f"{label}: molecular kernels with three-body terms are not supported")
+    check_separable_triplets(module, label)
+
+
+def has_separable_triplets(module: ModuleType) -> bool:
+    """Whether the three-body law comes as radial factors and cos-polynomials too (see the module notes)."""
+    return has_threebody(module) and hasattr(module, "triplet_radial") and hasattr(module, "TRIPLET_COS_POLYNOMIAL")
+
+
+SEPARABLE_SAMPLES = 64  # random triplets per species triple at which a separable law is checked
+SEPARABLE_RTOL = 1e-9
+MAX_COS_DEGREE = 3  # the highest power of cos θ in TRIPLET_COS_POLYNOMIAL: the moments hold û^⊗n, n ≤ 3
+
+
+def check_separable_triplets(module: ModuleType, label: str = "kernel module") -> None:
+    """Refuse a separable form that is malformed or does not reproduce ``triplet_energy_gradient``."""
+    if hasattr(module, "triplet_radial") != hasattr(module, "TRIPLET_COS_POLYNOMIAL"):
+        raise KernelModuleError(f"{label}: triplet_radial and TRIPLET_COS_POLYNOMIAL come together")
+    if not has_separable_triplets(module):
+        return
+    s = len(module.SPECIES)
+    try:
+        poly = np.asarray(module.TRIPLET_COS_POLYNOMIAL, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise KernelModuleError(f"{label}: TRIPLET_COS_POLYNOMIAL is not a table of numbers: {exc}") from None
+    if poly.ndim != 4 or poly.shape[:3] != (s, s, s) or not 1 <= poly.shape[3] <= MAX_COS_DEGREE + 1:
+        raise KernelModuleError(f"{label}: TRIPLET_COS_POLYNOMIAL must be {s}×{s}×{s}×(D+1) with D ≤ {MAX_COS_DEGREE}, "
+                                f"not {'×'.join(map(str, poly.shape))}")
+    if not np.all(np.isfinite(poly)) or not np.array_equal(poly, poly.transpose(0, 2, 1, 3)):
+        raise KernelModuleError(f"{label}: TRIPLET_COS_POLYNOMIAL must be finite and symmetric in its 2nd and 3rd index")
+    r3 = float(module.THREEBODY_CUTOFF_ANGSTROM)
+    allowance = float(getattr(module, "TRIPLET_RADIAL_ALLOWANCE", 0.0))
+    rng = np.random.default_rng(0)
+    for k, j, l in np.ndindex(s, s, s):
+        p = poly[k, j, l]
+        powers = np.arange(len(p))
+        for r1, r2, c in zip(rng.uniform(0.3 * r3, r3, SEPARABLE_SAMPLES), rng.uniform(0.3 * r3, r3, SEPARABLE_SAMPLES),
+                             rng.uniform(-1.0, 1.0, SEPARABLE_SAMPLES)):
+            law = module.triplet_energy_gradient(k, j, l, r1, r2, c)
+            a, da = module.triplet_radial(k, j, l, r1)
+            b, db = module.triplet_radial(k, l, j, r2)
+            cos_powers = c ** powers
+            value, size = p @ cos_powers, np.abs(p) @ np.abs(cos_powers)
+            slope = (p[1:] * powers[1:]) @ c ** (powers[1:] - 1)
+            slope_size = np.abs(p[1:] * powers[1:]) @ np.abs(c) ** (powers[1:] - 1)
+            # (w, ∂w/∂r_kj, ∂w/∂r_kl, ∂w/∂cos θ) from the factors, and the size of the terms each sums
+            # (relative to those, not to w: w is small near a zero of P)
+            product = (a * b * value, da * b * value, a * db * value, a * b * slope)
+            sizes = (abs(a * b) * size, abs(da * b) * size, abs(a * db) * size, abs(a * b) * slope_size)
+            for what, got, want, scale in zip(("w", "∂w/∂r_kj", "∂w/∂r_kl", "∂w/∂cos θ"), product, law, sizes):
+                if not abs(got - want) <= SEPARABLE_RTOL * scale + allowance + 1e-300:
+                    raise KernelModuleError(
+                        f"{label}: triplet_radial × TRIPLET_COS_POLYNOMIAL gives {what} = {got:.6g}, "
+                        f"triplet_energy_gradient {want:.6g} (types {k} {j} {l}, r {r1:.3f} {r2:.3f} Å, cos {c:.3f})")
+    for k, j, l in np.ndindex(s, s, s):
+        if tuple(module.triplet_radial(k, j, l, r3)) != (0.0, 0.0):
+            raise KernelModuleError(f"{label}: triplet_radial must be exactly zero at the three-body cutoff")
 
 
 def is_molecular(module: ModuleType) -> bool:

@@ -390,7 +390,7 @@ def simulate(
                 # it stops before (a list to widen, a failed check) is taken by step() below
                 target = next_output(step)
                 state, done, block_builds = integrator.run(state, target - step, max_force_ev_per_angstrom,
-                                                           min_distance_angstrom)
+                                                           min_distance_angstrom, planned_steps=steps)
                 step += done
                 builds += block_builds
                 if done and step == target:

@@ -1,4 +1,4 @@
-"""Tabulated pair laws: a kernel module whose pair kernels read a table instead of the closed form.
+"""Tabulated pair laws and triplet legs: a kernel module whose kernels read tables instead of the closed form.
 
 A learned pair law costs what its formula costs: ``r**-5.55``, Gaussians, shifted-force terms. A
 table costs the same for every law. :func:`tabulate_kernel_module` takes any kernel module (the
@@ -28,6 +28,19 @@ Outside the table the kernel calls the closed form, so the core stays exact. At 
 cutoff the closed form returns exactly zero; the table's last knot is the cutoff, with the law's
 limit from below (zero, for a shifted-force law).
 
+**Triplet legs.** A separable three-body law (``triplet_radial`` and ``TRIPLET_COS_POLYNOMIAL``,
+see :mod:`simulate.kernels`) has its radial factors R_{k;j|o}(r), one per leg (centre k, neighbour
+j, other neighbour o), tabulated the same way on [inner, r_3): u := R, u' := dR/dr, and the slope's
+tolerance set so that one triplet's force moves by at most the pair laws' force tolerance (see
+:func:`_radial_tables`). The moment sums of :mod:`simulate.energy` call ``triplet_radial`` S times
+per neighbour; an exponential and a polynomial behind a branch on the species become one lookup.
+At and beyond r_3 the tabulated leg is exactly zero, and its last knot takes R, R' from below: the
+learned legs carry (1 − r²/r_3²)³ and Stillinger–Weber's exp(γ/(r − r_3)) vanishes with all its
+derivatives, so both go to zero continuously. A leg without a law (a zero polynomial row) answers
+(0, 0) from one zero cell. ``triplet_energy_gradient`` stays the closed form (the exports and the
+O(N³) reference use it), so the tabulated module meets the separable identity R·R·P = w to the
+tables' accuracy, not to rounding.
+
 **Cheap lookup.** One subtraction and multiply, a truncation, two Horner polynomials (five FMAs
 each) on one row of coefficients padded to 64 bytes; the species pair selects the law's offset into one
 coefficient array. The arrays are closed over by ``numba.njit`` functions, so Numba freezes them
@@ -46,7 +59,7 @@ import numba
 import numpy as np
 
 from simulate.errors import MldError
-from simulate.kernels import check_kernel_module, has_threebody, is_molecular
+from simulate.kernels import check_kernel_module, has_separable_triplets, has_threebody, is_molecular
 from simulate.reference import compile_reference
 
 DEFAULT_FORCE_TOLERANCE_EV_PER_ANGSTROM = 1e-8  # largest |F_table − F_closed| of one pair, anywhere in a table
@@ -65,16 +78,16 @@ class TabulationError(MldError, ValueError):
 
 
 class LawTable(NamedTuple):
-    """One pair law's table: quintic Hermite cells on [inner, outer), uniform in r."""
+    """One pair law's (or triplet leg's) table: quintic Hermite cells on [inner, outer), uniform in r."""
 
-    name: str  # e.g. "OH" or "OH_intra"
+    name: str  # e.g. "OH", "OH_intra", or "OH|O" for the leg from an O centre to an H whose partner is an O
     inner_angstrom: float  # first knot; below it the kernel calls the closed form
     outer_angstrom: float  # last knot: the cutoff, or the joint of a bonded law's outer wall
     cells: int
     coefficients: np.ndarray  # (cells + 1, COEFFICIENTS_PER_CELL): p(s) = Σ c_m s^m; the extra cell
     # continues the last knot's Taylor polynomial, for an r that rounds onto the outer knot
-    force_error_ev_per_angstrom: float  # largest |Δu'| found at the test points of every cell
-    energy_error_ev: float  # largest |Δu| there
+    force_error_ev_per_angstrom: float  # largest |Δu'| found at the test points of every cell (a leg: |ΔR'|)
+    energy_error_ev: float  # largest |Δu| there (a leg: |ΔR|)
 
     @property
     def step_angstrom(self) -> float:
@@ -166,6 +179,35 @@ class _Law(NamedTuple):
 
     def __call__(self, r) -> tuple[np.ndarray, np.ndarray]:
         return _sample(self.kernel, self.type_i, self.type_j, np.atleast_1d(np.asarray(r, dtype=float)))
+
+    def slope(self, r: float) -> float:
+        return float(self(r)[1][0])
+
+
+@numba.njit
+def _sample_leg(kernel, type_k, type_j, type_other, r):
+    """R(r) and dR/dr of one leg of a separable three-body ``kernel`` (``triplet_radial``) at every r."""
+    u = np.empty(r.shape[0])
+    du = np.empty(r.shape[0])
+    for k in range(r.shape[0]):
+        u[k], du[k] = kernel(type_k, type_j, type_other, r[k])
+    return u, du
+
+
+class _Leg(NamedTuple):
+    """One leg of a separable three-body law, as a law of r: the factor R of the leg from a centre of
+    type k to a neighbour of type j when the triplet's other neighbour is of type ``type_other``."""
+
+    name: str  # e.g. "OH|O": centre O, leg to an H, the other neighbour an O
+    kernel: object  # the source's ``triplet_radial``
+    type_k: int
+    type_j: int
+    type_other: int
+    bonded: bool = False  # as a pair law: its table is the piece that ends at the cutoff r_3
+
+    def __call__(self, r) -> tuple[np.ndarray, np.ndarray]:
+        r = np.atleast_1d(np.asarray(r, dtype=float))
+        return _sample_leg(self.kernel, self.type_k, self.type_j, self.type_other, r)
 
     def slope(self, r: float) -> float:
         return float(self(r)[1][0])
@@ -354,20 +396,24 @@ def tabulate_law(law, inner: float, outer: float, force_tolerance_ev_per_angstro
 class _Rows(NamedTuple):
     """Every table of one kernel, concatenated: what its compiled lookup closes over."""
 
-    row_of_types: np.ndarray  # (S, S) int64: the table of a species pair
-    inner: np.ndarray  # (rows,) Å; inf for a pair without a table (the closed form answers)
+    row_of_types: np.ndarray  # int64, (S, S) for a pair law, (S, S, S) for a triplet leg: the row of the types
+    inner: np.ndarray  # (rows,) Å; inf for types without a table (the closed form answers)
     outer: np.ndarray  # (rows,) Å
     inverse_step: np.ndarray  # (rows,) 1/Å
     first_cell: np.ndarray  # (rows,) int64: offset of the row's cells in ``coefficients``
     coefficients: np.ndarray  # (Σ cells + 1, COEFFICIENTS_PER_CELL)
 
 
-def _rows(tables: dict[tuple[int, int], LawTable], n_species: int) -> _Rows:
-    row_of_types = np.full((n_species, n_species), len(tables), dtype=np.int64)  # last row: no table
+def _rows(tables: dict[tuple[int, ...], LawTable], shape: tuple[int, ...]) -> _Rows:
+    """Rows of ``tables``, each reached from its types (and, for a pair, the swapped types), and a last
+    row, empty, for the types without a table."""
+    row_of_types = np.full(shape, len(tables), dtype=np.int64)
     inner, outer, inverse_step, first_cell, blocks = [], [], [], [], []
     offset = 0
-    for row, ((a, b), table) in enumerate(tables.items()):
-        row_of_types[a, b] = row_of_types[b, a] = row
+    for row, (types, table) in enumerate(tables.items()):
+        row_of_types[types] = row
+        if len(types) == 2:
+            row_of_types[types[::-1]] = row
         inner.append(table.inner_angstrom)
         outer.append(table.outer_angstrom)
         inverse_step.append(table.inverse_step_per_angstrom)
@@ -377,7 +423,7 @@ def _rows(tables: dict[tuple[int, int], LawTable], n_species: int) -> _Rows:
     inner.append(math.inf)
     outer.append(math.inf)
     inverse_step.append(0.0)
-    first_cell.append(0)
+    first_cell.append(offset)
     blocks.append(np.zeros((1, COEFFICIENTS_PER_CELL)))
     return _Rows(row_of_types, np.array(inner), np.array(outer), np.array(inverse_step),
                  np.array(first_cell, dtype=np.int64), np.ascontiguousarray(np.concatenate(blocks)))
@@ -405,6 +451,28 @@ def _make_kernel(closed_form, rows: _Rows):
     return tabulated_energy_force
 
 
+def _make_radial_kernel(closed_form, rows: _Rows, cutoff3: float):
+    """A ``triplet_radial`` of the contract: the table of each leg on [inner, r_3), the closed form below
+    inner (and for a leg without a table), exactly (0, 0) at and beyond r_3."""
+    row_of_legs = rows.row_of_types
+    inner = rows.inner
+    inverse_step = rows.inverse_step
+    first_cell = rows.first_cell
+    coefficients = rows.coefficients
+
+    @numba.njit
+    def tabulated_triplet_radial(type_k, type_j, type_other, r):
+        if r >= cutoff3:
+            return 0.0, 0.0
+        row = row_of_legs[type_k, type_j, type_other]
+        lo = inner[row]
+        if r < lo:
+            return closed_form(type_k, type_j, type_other, r)
+        return _cell(coefficients, first_cell[row], inverse_step[row], lo, r)
+
+    return tabulated_triplet_radial
+
+
 # --- the module ------------------------------------------------------------------------------------
 
 
@@ -418,6 +486,59 @@ def _laws(kernel_module: ModuleType) -> list[_Law]:
         laws += [_Law(species[a] + species[b] + "_intra", kernel_module.intra_pair_energy_force, a, b, True)
                  for a, b in pairs if has_law[a, b]]
     return laws
+
+
+# a leg whose polynomial row is zero has no law (its R multiplies nothing): it reads this one zero cell
+# of zero step, (0, 0) at every r ≥ 0, and costs a lookup, not the closed form's call
+_NO_LAW = LawTable("no law", 0.0, math.inf, 1, np.zeros((2, COEFFICIENTS_PER_CELL)), 0.0, 0.0)
+
+
+def _legs(kernel_module: ModuleType) -> list[_Leg]:
+    """Every leg (k, j, other) of a separable three-body law whose polynomial row is not zero."""
+    species = tuple(kernel_module.SPECIES)
+    poly = np.asarray(kernel_module.TRIPLET_COS_POLYNOMIAL, dtype=float)
+    return [_Leg(f"{species[k]}{species[j]}|{species[o]}", kernel_module.triplet_radial, k, j, o)
+            for k, j, o in np.ndindex(poly.shape[:3]) if np.any(poly[k, j, o] != 0.0)]
+
+
+def _radial_tables(kernel_module: ModuleType, force_tolerance_ev_per_angstrom: float, max_slope: float,
+                   min_inner_angstrom: float) -> dict[tuple[int, int, int], LawTable]:
+    """The table of every leg that carries a law, each to the slope tolerance its triplets' forces need.
+
+    A triplet's force on the neighbour of leg (k, j, o) is dR_{k;j|o}/dr · R_{k;o|j} · P_kjo(cos θ)
+    plus angular terms in R_{k;j|o} itself (whose table error is ~h/20 of the slope's), so a slope
+    error δ moves it by at most δ · max|R_{k;o|j}| · Σ_n |p_n|: the leg's tolerance on |ΔR'| is the
+    force tolerance over that weight, and a triplet's force is as close to the closed form as a
+    pair's (on the learned water model's 2,401 CP2K frames, the largest |ΔF| of an atom from all its
+    triplets is then 2.0·10⁻⁸ eV/Å, from all its pairs 1.3·10⁻⁸). A leg with a zero polynomial row
+    has no law and gets :data:`_NO_LAW`; one whose triplets are zero on the whole scan (the leg or its
+    partner zero there) gets no table and keeps the closed form.
+    """
+    r3 = float(kernel_module.THREEBODY_CUTOFF_ANGSTROM)
+    if not min_inner_angstrom < r3:
+        raise TabulationError(f"the table's lowest distance {min_inner_angstrom} Å is not below the three-body "
+                              f"cutoff {r3} Å")
+    poly = np.asarray(kernel_module.TRIPLET_COS_POLYNOMIAL, dtype=float)
+    scan = np.linspace(min_inner_angstrom, r3, math.ceil((r3 - min_inner_angstrom) / _SCAN_STEP_ANGSTROM) + 1)
+    ranges, largest = {}, {}
+    for leg in _legs(kernel_module):
+        types = (leg.type_k, leg.type_j, leg.type_other)
+        with np.errstate(all="ignore"):
+            u, du = leg(scan)
+        if np.all(u == 0.0) and np.all(du == 0.0):
+            continue
+        inner, outer = table_range(leg, min_inner_angstrom, r3, max_slope)
+        # the lookup reads a leg's table up to r_3 and never checks the upper end (see _make_radial_kernel)
+        assert outer == r3, f"leg {leg.name}: its table ends at {outer} Å, not at r_3 = {r3} Å"
+        ranges[types] = leg, inner, outer
+        # over the whole scan: below its table a partner leg answers by its closed form
+        largest[types] = float(np.max(np.abs(u[np.isfinite(u)]), initial=0.0))
+    tables = {(k, j, o): _NO_LAW for k, j, o in np.ndindex(poly.shape[:3]) if not np.any(poly[k, j, o] != 0.0)}
+    for (k, j, o), (leg, inner, outer) in ranges.items():
+        weight = largest.get((k, o, j), 0.0) * float(np.sum(np.abs(poly[k, j, o])))
+        if weight > 0.0:
+            tables[(k, j, o)] = tabulate_law(leg, inner, outer, force_tolerance_ev_per_angstrom / weight)
+    return tables
 
 
 def _module_name(kernel_module: ModuleType, settings: tuple) -> str:
@@ -439,12 +560,16 @@ def tabulate_kernel_module(
     min_inner_angstrom: float = DEFAULT_MIN_INNER_ANGSTROM,
     label: str | None = None,
 ) -> ModuleType:
-    """A kernel module that runs ``kernel_module``'s pair laws from tables (see the module docstring).
+    """A kernel module that runs ``kernel_module``'s pair laws and triplet legs from tables (see the
+    module docstring).
 
-    ``pair_energy_force`` (and ``intra_pair_energy_force``) read the tables, ``energy_forces`` sums
-    them (and the source's ``triplet_energy_gradient``, unchanged); every other public constant of
-    the source is passed through. ``PAIR_TABLES`` holds the :class:`LawTable` of every law (range,
-    cells, errors found) and ``SOURCE_KERNEL_MODULE`` the closed form.
+    ``pair_energy_force`` (and ``intra_pair_energy_force``) and, for a separable three-body law,
+    ``triplet_radial`` read the tables; ``energy_forces`` sums the pair tables and the source's
+    ``triplet_energy_gradient``, which, with every public constant of the source
+    (``TRIPLET_COS_POLYNOMIAL`` among them), is passed through. ``PAIR_TABLES`` and ``RADIAL_TABLES``
+    hold the :class:`LawTable` of every pair law and leg (range, cells, errors found; a leg's "force"
+    and "energy" errors are those of R' and R) and ``SOURCE_KERNEL_MODULE`` the closed form. A leg's
+    table stops, as a pair law's, where |R'| exceeds ``max_force_ev_per_angstrom`` (in R's units per Å).
     """
     label = label or getattr(kernel_module, "__file__", None) or getattr(kernel_module, "__name__", "kernel module")
     check_kernel_module(kernel_module, label)
@@ -461,28 +586,47 @@ def tabulate_kernel_module(
         except TabulationError as exc:
             raise TabulationError(f"{label}: {exc}") from None
         tables["intra" if law.bonded else "pair"][(law.type_i, law.type_j)] = table
+    radial: dict[tuple[int, int, int], LawTable] = {}
+    if has_separable_triplets(kernel_module):
+        try:
+            radial = _radial_tables(kernel_module, force_tolerance_ev_per_angstrom, max_force_ev_per_angstrom,
+                                    min_inner_angstrom)
+        except TabulationError as exc:
+            raise TabulationError(f"{label}: {exc}") from None
     n_species = len(kernel_module.SPECIES)
 
     settings = (float(force_tolerance_ev_per_angstrom), float(max_force_ev_per_angstrom), float(min_inner_angstrom))
+    if radial:
+        settings += ("triplet legs",)  # not the name of an older tabulated module, which ran them closed form
     module = ModuleType(_module_name(kernel_module, settings),
-                        f"Pair laws of {label} from quintic Hermite tables (simulate.tabulate).")
+                        f"Pair laws{' and triplet legs' if radial else ''} of {label} from quintic Hermite tables "
+                        "(simulate.tabulate).")
     for name in dir(kernel_module):
         if name.isupper() and not name.startswith("_"):
             setattr(module, name, getattr(kernel_module, name))
-    module.pair_energy_force = _make_kernel(kernel_module.pair_energy_force, _rows(tables["pair"], n_species))
+    module.pair_energy_force = _make_kernel(kernel_module.pair_energy_force,
+                                            _rows(tables["pair"], (n_species,) * 2))
     kernels = {"pair_energy_force": module.pair_energy_force, "CUTOFF_ANGSTROM": cutoff}
     if is_molecular(kernel_module):
         module.intra_pair_energy_force = _make_kernel(kernel_module.intra_pair_energy_force,
-                                                      _rows(tables["intra"], n_species))
+                                                      _rows(tables["intra"], (n_species,) * 2))
         kernels["intra_pair_energy_force"] = module.intra_pair_energy_force
-    if hasattr(kernel_module, "triplet_energy_gradient"):
-        module.triplet_energy_gradient = kernel_module.triplet_energy_gradient
     threebody = has_threebody(kernel_module)
+    if threebody:
+        # the exports and the O(N³) reference keep the closed form of the whole triplet law
+        module.triplet_energy_gradient = kernel_module.triplet_energy_gradient
+    if has_separable_triplets(kernel_module):
+        module.triplet_radial = _make_radial_kernel(kernel_module.triplet_radial, _rows(radial, (n_species,) * 3),
+                                                    float(kernel_module.THREEBODY_CUTOFF_ANGSTROM))
+        # R·R·P = w holds to the tables' error, absolute (~h⁶ R⁽⁶⁾, nothing relative where R → 0 at r_3):
+        # each leg's table keeps a triplet's force within the force tolerance (see _radial_tables)
+        module.TRIPLET_RADIAL_ALLOWANCE = 4.0 * float(force_tolerance_ev_per_angstrom)
     if threebody:
         kernels.update(triplet_energy_gradient=kernel_module.triplet_energy_gradient,
                        THREEBODY_CUTOFF_ANGSTROM=float(kernel_module.THREEBODY_CUTOFF_ANGSTROM))
     module.energy_forces = compile_reference(kernels, molecular=is_molecular(kernel_module), threebody=threebody)
     module.PAIR_TABLES = tuple(tables["pair"].values()) + tuple(tables["intra"].values())
+    module.RADIAL_TABLES = tuple(t for t in radial.values() if t is not _NO_LAW)
     module.SOURCE_KERNEL_MODULE = kernel_module
     module.FORCE_TOLERANCE_EV_PER_ANGSTROM = float(force_tolerance_ev_per_angstrom)
     check_kernel_module(module, f"tabulated {label}")
@@ -490,10 +634,13 @@ def tabulate_kernel_module(
 
 
 def describe(tabulated_module: ModuleType) -> str:
-    """One line per law: its table's range, cells, and the largest errors found at the test points."""
+    """One line per pair law and per triplet leg: its table's range, cells, and the largest errors
+    found at the test points (of u' and u for a pair law, of R' and R for a leg)."""
     lines = []
-    for t in tabulated_module.PAIR_TABLES:
-        lines.append(f"{t.name:>9}: [{t.inner_angstrom:.6f}, {t.outer_angstrom:.6f}] Å, {t.cells} cells of "
-                     f"{t.step_angstrom * 1e3:.2f} mÅ, max |ΔF| {t.force_error_ev_per_angstrom:.1e} eV/Å, "
-                     f"max |Δu| {t.energy_error_ev:.1e} eV")
+    for tables, slope, value in ((tabulated_module.PAIR_TABLES, "|ΔF| {:.1e} eV/Å", "|Δu| {:.1e} eV"),
+                                 (getattr(tabulated_module, "RADIAL_TABLES", ()), "|ΔR'| {:.1e}", "|ΔR| {:.1e}")):
+        for t in tables:
+            lines.append(f"{t.name:>9}: [{t.inner_angstrom:.6f}, {t.outer_angstrom:.6f}] Å, {t.cells} cells of "
+                         f"{t.step_angstrom * 1e3:.2f} mÅ, max {slope.format(t.force_error_ev_per_angstrom)}, "
+                         f"max {value.format(t.energy_error_ev)}")
     return "\n".join(lines)

@@ -86,7 +86,9 @@ def molecular(tmp_path_factory):
 
 @pytest.mark.parametrize("model", ["morse", "manybody", "molecular"])
 def test_blocks_with_forces_only_steps_are_bit_for_bit_the_stepwise_integrator(tmp_path, monkeypatch, request, model):
-    monkeypatch.setattr(integrate, "FORCES_ONLY_MIN_ATOMS", 0)  # the 96-atom box takes the path of big boxes
+    # the 96-atom box takes the path of big boxes because its run is planned long enough (md.simulate
+    # passes its length to the blocks)
+    monkeypatch.setattr(integrate, "FORCES_ONLY_MIN_ATOM_STEPS", 96 * 60)
     kernel = request.getfixturevalue(model)
     species, positions, box, velocities = water32_frame()
     result = md.simulate(kernel, species, positions, box, velocities, steps=60, dt_fs=0.5, thermostat="nve",
@@ -95,6 +97,13 @@ def test_blocks_with_forces_only_steps_are_bit_for_bit_the_stepwise_integrator(t
     assert builds == result.neighbor_builds > 0
     assert_same_state(result.state, state)
     assert energy.force_loops(kernel).half_forces_only[0].signatures  # the forces-only variant ran
+
+
+def test_the_forces_only_pass_is_used_for_big_boxes_and_long_runs():
+    assert integrate.uses_forces_only(integrate.FORCES_ONLY_MIN_ATOMS)
+    assert not integrate.uses_forces_only(96)
+    assert not integrate.uses_forces_only(96, 1000)  # a short run does not pay back its compilation
+    assert integrate.uses_forces_only(96, -(-integrate.FORCES_ONLY_MIN_ATOM_STEPS // 96))
 
 
 def test_compiled_run_of_a_three_body_model_is_bit_for_bit_the_stepwise_integrator(tmp_path, manybody):
@@ -112,9 +121,10 @@ def replicated_water(kernel, repeats):
     return md.atom_types(kernel, species), positions, box
 
 
-def test_three_body_sums_are_the_same_bit_for_bit_for_serial_parallel_and_any_thread_count(manybody):
+@pytest.mark.parametrize("moments", [True, False])  # the learned law is separable: both three-body passes
+def test_three_body_sums_are_the_same_bit_for_bit_for_serial_parallel_and_any_thread_count(manybody, moments):
     types, positions, box = replicated_water(manybody, (4, 2, 2))  # 1536 atoms, 6 x-layers of cells
-    loops = energy.force_loops(manybody)
+    loops = energy.force_loops(manybody, triplet_moments=moments)
     nl = partition.neighbor_list(positions, box, energy.interaction_cutoff_angstrom(manybody), 1.0, half=True)
     assert nl.cells_per_side[0] >= 4
     work = energy.workspace(loops, len(positions), box)

@@ -1,12 +1,13 @@
 """Forces from the neighbour loop: equal to the kernels' brute-force reference, and −∇E."""
 
+import types as types_module
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from simulate import energy, setup
-from simulate.kernels import load_kernel_module
+from simulate import energy, partition, setup
+from simulate.kernels import KernelModuleError, check_kernel_module, load_kernel_module
 from simulate.md import atom_types
 from tests.kernel_examples.starting_frames import water32_frame
 
@@ -66,14 +67,16 @@ def test_forces_of_random_liquids_equal_brute_force_down_to_twice_the_cutoff(arg
     assert_matches_reference(argon, ["Ar"] * n, positions, np.full(3, edge))
 
 
-def test_three_body_forces_equal_brute_force(triplet):
+@pytest.mark.parametrize("name", ["sw_triplet.py", "separable_triplet.py"])
+def test_three_body_forces_equal_brute_force(name):
+    kernel = load_kernel_module(EXAMPLES / name)
     species, positions, box, _ = water32_frame()
-    result = assert_matches_reference(triplet, species, positions, box)
+    result = assert_matches_reference(kernel, species, positions, box)
     pair_only = forces_of(load_kernel_module(EXAMPLES / "morse_water.py"), species, positions, box)
     assert abs(result.energy_ev - pair_only.energy_ev) > 1e-3  # the triplet term is really there
 
 
-@pytest.mark.parametrize("name", ["morse_water.py", "sw_triplet.py"])
+@pytest.mark.parametrize("name", ["morse_water.py", "sw_triplet.py", "separable_triplet.py"])
 def test_forces_are_minus_the_energy_gradient(name):
     kernel = load_kernel_module(EXAMPLES / name)
     species, positions, box, _ = water32_frame()
@@ -89,7 +92,7 @@ def test_forces_are_minus_the_energy_gradient(name):
             assert result.forces_ev_per_angstrom[atom, axis] == pytest.approx(-derivative, abs=2e-5)
 
 
-@pytest.mark.parametrize("name", ["morse_water.py", "sw_triplet.py"])
+@pytest.mark.parametrize("name", ["morse_water.py", "sw_triplet.py", "separable_triplet.py"])
 def test_virial_is_minus_the_energy_derivative_under_uniform_scaling(name):
     # W = Σ r·F = −dU(λq, λL)/dλ at λ = 1 (Allen & Tildesley 2.61)
     kernel = load_kernel_module(EXAMPLES / name)
@@ -153,3 +156,72 @@ def test_forces_from_a_list_built_before_the_atoms_moved_equal_brute_force(morse
     species, positions, box, _ = water32_frame()
     positions, species, box = setup.replicate(positions, species, box, repeats)
     assert_stale_list_matches_reference(morse, species, positions, box, moved_by_less_than_half_the_skin(positions, 3))
+
+
+# --- separable three-body laws: moments ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("half", "parallel"), [(True, True), (False, False)])
+def test_separable_triplets_summed_by_moments_equal_the_triplet_by_triplet_sums(half, parallel):
+    # the moment pass (O(M) per centre) against the triplet loop (O(M²)) on the same list: a cubic in
+    # cos θ, radial factors that depend on the other neighbour's species, every species triple
+    kernel = load_kernel_module(EXAMPLES / "separable_triplet.py")
+    species, positions, box, _ = water32_frame()
+    positions, species, box = setup.replicate(positions, species, box, (2, 1, 1))
+    positions = positions + np.random.default_rng(3).normal(0.0, 0.05, positions.shape)
+    types = atom_types(kernel, species)
+    cutoff = energy.interaction_cutoff_angstrom(kernel)
+    neighbors = partition.neighbor_list(positions, box, cutoff, 1.0, half=half)
+    outputs = []
+    for moments in (True, False):
+        loops = energy.force_loops(kernel, triplet_moments=moments)
+        work = energy.workspace(loops, len(positions), neighbors.box_angstrom, capacity3=48)
+        if half:
+            out = loops.half[parallel](positions, types, box, neighbors.neighbors, neighbors.counts, neighbors.order,
+                                       neighbors.layer_start, neighbors.image, neighbors.wrap_angstrom,
+                                       loops.cutoff_angstrom, loops.threebody_cutoff_angstrom, work)
+        else:
+            out = loops.full[parallel](positions, types, box, neighbors.neighbors, neighbors.counts, neighbors.image,
+                                       neighbors.wrap_angstrom, loops.cutoff_angstrom,
+                                       loops.threebody_cutoff_angstrom, work)
+        assert out[6] <= 48  # the short rows held every pair within r_3, so the three-body passes ran
+        outputs.append(tuple(np.copy(v) for v in out[:6]))
+    (f_m, loss_m, _, _, e_m, w_m), (f_t, loss_t, _, _, e_t, w_t) = outputs
+    pair_only = forces_of(load_kernel_module(EXAMPLES / "morse_water.py"), species, positions, box)
+    assert abs(e_t - pair_only.energy_ev) > 1.0  # the triplets carry real energy
+    assert e_m == pytest.approx(e_t, rel=1e-13)
+    assert w_m == pytest.approx(w_t, rel=1e-12)
+    np.testing.assert_allclose(f_m, f_t, rtol=0, atol=1e-12 * np.abs(f_t).max())
+    np.testing.assert_allclose(loss_m, loss_t, rtol=0, atol=1e-12 * np.abs(loss_t).max())
+
+
+def _separable_module(**changes):
+    """The separable example module with some of its names replaced (a module object, not a file)."""
+    source = load_kernel_module(EXAMPLES / "separable_triplet.py")
+    module = types_module.ModuleType("changed_separable_triplet")
+    for name in dir(source):
+        if not name.startswith("__"):
+            setattr(module, name, getattr(source, name))
+    for name, value in changes.items():
+        setattr(module, name, value)
+    return module
+
+
+def test_a_separable_form_that_does_not_reproduce_the_triplet_law_is_refused():
+    p = np.array(load_kernel_module(EXAMPLES / "separable_triplet.py").TRIPLET_COS_POLYNOMIAL)
+    wrong = p.copy()
+    wrong[1, 0, 1, 2] += 0.01  # and its mirror, so only the values are wrong
+    wrong[1, 1, 0, 2] += 0.01
+    with pytest.raises(KernelModuleError, match="triplet_radial × TRIPLET_COS_POLYNOMIAL gives"):
+        check_kernel_module(_separable_module(TRIPLET_COS_POLYNOMIAL=wrong), "bad.py")
+    lopsided = p.copy()
+    lopsided[0, 0, 1, 0] += 0.01
+    with pytest.raises(KernelModuleError, match="symmetric"):
+        check_kernel_module(_separable_module(TRIPLET_COS_POLYNOMIAL=lopsided), "bad.py")
+    with pytest.raises(KernelModuleError, match="D ≤ 3"):
+        check_kernel_module(_separable_module(TRIPLET_COS_POLYNOMIAL=np.zeros((2, 2, 2, 5))), "bad.py")
+    half = _separable_module()
+    del half.triplet_radial
+    with pytest.raises(KernelModuleError, match="come together"):
+        check_kernel_module(half, "bad.py")
+    check_kernel_module(_separable_module(), "good.py")  # the unchanged module passes

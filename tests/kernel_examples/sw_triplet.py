@@ -7,6 +7,10 @@ The triplet term, centred on an O with two H neighbours j < l within r_3,
 is the Stillinger–Weber (1985, Phys. Rev. B 31, 5262) angular form; it and all its derivatives go
 to zero at r_3. Here it pulls the H–O–H angle toward 104.5°. Its reference ``energy_forces`` is an
 O(N³) minimum-image loop, for tests only.
+
+It also gives the optional separable form of ``simulate.kernels``: the radial factor
+exp(γ/(r − r_3)) of each leg (``triplet_radial``) and λ (c − cosθ₀)² expanded in powers of c
+(``TRIPLET_COS_POLYNOMIAL``), zero for every other triplet type.
 """
 
 import math
@@ -27,6 +31,13 @@ _LAMBDA_EV = 2.0
 _GAMMA_ANGSTROM = 0.3
 _COS0 = math.cos(math.radians(104.5))
 
+# [type_k][type_j][type_l][n]: λ (c − c0)² = λ c0² − 2 λ c0 c + λ c² for centre O (0), neighbours H (1), H (1)
+_NO_LAW = (0.0, 0.0, 0.0)
+TRIPLET_COS_POLYNOMIAL = (
+    ((_NO_LAW, _NO_LAW), (_NO_LAW, (_LAMBDA_EV * _COS0**2, -2.0 * _LAMBDA_EV * _COS0, _LAMBDA_EV))),
+    ((_NO_LAW, _NO_LAW), (_NO_LAW, _NO_LAW)),
+)
+
 
 @numba.njit(cache=False)
 def triplet_energy_gradient(type_k, type_j, type_l, r_kj, r_kl, cos_theta):
@@ -43,6 +54,16 @@ def triplet_energy_gradient(type_k, type_j, type_l, r_kj, r_kl, cos_theta):
     dw_dr2 = -w * _GAMMA_ANGSTROM / (r_kl - r3) ** 2
     dw_dcos = 2.0 * _LAMBDA_EV * a * e1 * e2
     return w, dw_dr1, dw_dr2, dw_dcos
+
+
+@numba.njit(cache=False)
+def triplet_radial(type_k, type_j, type_other, r):
+    """(exp(γ/(r − r_3)), its derivative) for a leg O–H of an H–O–H triplet; zero otherwise and beyond r_3."""
+    r3 = THREEBODY_CUTOFF_ANGSTROM
+    if r >= r3 or type_k != 0 or type_j != 1 or type_other != 1:
+        return 0.0, 0.0
+    e = math.exp(_GAMMA_ANGSTROM / (r - r3))
+    return e, -e * _GAMMA_ANGSTROM / (r - r3) ** 2
 
 
 @numba.njit(cache=False)
