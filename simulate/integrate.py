@@ -20,7 +20,7 @@ reads them in between, as LAMMPS computes energies only on output steps); from 1
 whose ``planned_steps`` make 2·10⁷ atom-steps, the others take the same forces, bit for bit, from the
 forces-only variant of the force loop (:func:`simulate.energy._make_loops`).
 It stops early, before committing it, at a step that ``step`` must
-take instead: one whose list or three-body rows overflow (``step`` widens them) or whose state
+take instead: one whose three-body rows overflow (``step`` widens them) or whose state
 fails the checks of :mod:`simulate.md` (``step`` then gives the state to report). ``run`` is
 ``None`` for a force function that is not :func:`simulate.energy.make_force_fn`'s, and for Langevin
 (NumPy's random stream cannot be drawn inside a compiled loop).
@@ -337,14 +337,14 @@ def _compiled(force_fn) -> bool:
 _BLOCKS: dict = {}
 
 # why a block stopped early
-_STOP_LIST_OVERFLOW, _STOP_TRIPLET_OVERFLOW, _STOP_UNHEALTHY = 1, 2, 3
+_STOP_TRIPLET_OVERFLOW, _STOP_UNHEALTHY = 2, 3
 
 
 def _make_block(forces_of, forces_between, build, kick_loop, drift_loop, nose_hoover):
     """A compiled loop of velocity-Verlet steps (with the chain's half-steps around them if ``nose_hoover``).
 
     Every piece is the compiled function the Python ``step`` calls, in the same order; the list is
-    checked and rebuilt as :func:`simulate.partition.update` does, at the same width. Steps before the
+    checked and rebuilt as :func:`simulate.partition.update` does, at the same width or wider. Steps before the
     last take their forces from ``forces_between``: the forces-only variant of ``forces_of`` (the same
     forces bit for bit, without the energies, per-atom losses and virials nobody reads between
     outputs), or ``forces_of`` itself for a small system, where compiling the variant would cost more
@@ -362,7 +362,6 @@ def _make_block(forces_of, forces_between, build, kick_loop, drift_loop, nose_ho
         xi, v_xi, q_mass = chain_state
         kt, n_dof, chain_steps, weights = chain_settings
         max_force2, min_distance = limits
-        capacity = neighbors.shape[1]
         half_dt = 0.5 * dt
         done = 0
         builds = 0
@@ -380,10 +379,8 @@ def _make_block(forces_of, forces_between, build, kick_loop, drift_loop, nose_ho
             nb, cn, im, wr, od, ls, ref = neighbors, counts, image, wrap, order, layer_start, reference
             rebuilt = partition.max_displacement_angstrom(x, reference) > 0.5 * skin
             if rebuilt:
-                nb, cn, im, wr, od, ls, needed = build(x, box, n_cells, list_cutoff, capacity, half, brute)
-                if partition.overflowed(needed, capacity):
-                    stop = _STOP_LIST_OVERFLOW
-                    break
+                # as wide as before, or wider where rows overflow it (the build searches them again)
+                nb, cn, im, wr, od, ls, _ = build(x, box, n_cells, list_cutoff, nb.shape[1], half, brute)
                 ref = x.copy()
             last = step == n_steps - 1
             if last:

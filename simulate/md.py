@@ -17,7 +17,7 @@
 
 NVE and Nosé–Hoover steps between two outputs run as one compiled block (``Integrator.run``), which
 reaches the states of the plain ``step`` bit for bit; Langevin steps, and a step a block stops
-before (a list to widen, a failed check), are plain steps.
+before (three-body rows to widen, a failed check), are plain steps.
 
 A step fails when a position, velocity or force is not finite, a force exceeds
 ``max_force_ev_per_angstrom``, or two atoms come closer than ``min_distance_angstrom``; the run then
@@ -387,7 +387,7 @@ def simulate(
         while step < steps:
             if integrator.run is not None:
                 # the steps up to the next output in one compiled loop, bit for bit those of step(); a step
-                # it stops before (a list to widen, a failed check) is taken by step() below
+                # it stops before (three-body rows to widen, a failed check) is taken by step() below
                 target = next_output(step)
                 state, done, block_builds = integrator.run(state, target - step, max_force_ev_per_angstrom,
                                                            min_distance_angstrom, planned_steps=steps)

@@ -78,6 +78,31 @@ def test_compiled_run_is_bit_for_bit_the_stepwise_integrator(tmp_path, cells, th
         assert np.array_equal(result.state.chain.v_xi, state.chain.v_xi)
 
 
+@pytest.mark.parametrize("cells", [3, 5])  # 108 atoms: all-pairs list; 500 atoms: cell list
+def test_a_list_that_overflows_inside_a_block_is_rebuilt_wider_without_stopping(cells):
+    kernel = load_kernel_module(EXAMPLES / "lj_argon.py")
+    species, positions, box = argon_fcc(cells)
+    types = md.atom_types(kernel, species)
+    masses = np.full(len(species), kernel.MASSES_AMU[0])
+    velocities = setup.maxwell_boltzmann(masses, 600.0, seed=7)
+    skin, dt, steps = 0.2, 2.0, 120
+    nve = integrate.nve(energy.make_force_fn(kernel, types, box, skin), dt)
+    start = nve.init(positions, velocities, masses)
+    # a list just wide enough for the start: the hot crystal's rows soon outgrow it
+    nl = start.neighbors
+    narrow = partition.neighbor_list(positions, box, nl.cutoff_angstrom, skin, capacity=int(nl.counts.max()) + 1,
+                                     half=True)
+    start = start._replace(neighbors=narrow)
+    blocked, done, builds = nve.run(start, steps, np.inf, 0.0)
+    assert done == steps and builds > 5  # no stop: every rebuild, the overflowing ones too, inside the block
+    assert blocked.neighbors.neighbors.shape[1] > narrow.neighbors.shape[1]  # it did outgrow the start's width
+    stepped = start
+    for _ in range(steps):
+        stepped = nve.step(stepped)
+    assert_same_state(blocked, stepped)
+    assert blocked.neighbors.neighbors.shape[1] == stepped.neighbors.neighbors.shape[1]
+
+
 @pytest.fixture(scope="module")
 def molecular(tmp_path_factory):
     """Generated kernels of a closed-form molecular water model: bonded laws inside molecules."""
