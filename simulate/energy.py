@@ -11,7 +11,8 @@ called once and its force applied to both atoms (Newton's third law), half the w
 Each entry of the list names the periodic image it means, so a pair's displacement is one
 subtraction of that image's shift, no minimum image per pair. A forces-only variant of the pass
 serves the steps whose energy nobody reads (see :func:`_make_loops`).
-It goes through blocks of x-layers of cells: even blocks in parallel, then odd ones; a layer's pairs
+It goes through blocks of rows in cell order (x-layers of cells, or equal shares of rows where those
+keep the rule, see :func:`row_blocks`): even blocks in parallel, then odd ones; a layer's pairs
 reach only itself and the next layer, so no two threads write one atom and every atom's sums run in
 one fixed order, the same bit for bit for any number of threads.
 
@@ -101,6 +102,48 @@ def _moment_layout(cos_polynomial) -> tuple:
     power_of = np.concatenate([np.full(3**n, n, dtype=np.int64) for n in range(degree + 1)])
     poly_same = np.ascontiguousarray(np.einsum("kbbn->kb", poly))
     return poly, poly_same, power_of, n_species, len(power_of), degree
+
+
+@numba.njit(cache=True)
+def row_blocks(layer_start):
+    """Where each block of the half-list pair pass starts, in rows (cell order), and where the last ends.
+
+    A row of x-layer A writes to atoms of layers A and A + 1 only (the forward half stencil, see
+    :mod:`simulate.partition`). Blocks k and k + 2 (cyclically) run in the same phase, so block k + 2
+    must start at least two layers past the layer of block k's last row: then the block between holds
+    a whole layer, and no two blocks of a phase write the same atom. There are 2K ≤ n_layers blocks,
+    K a power of two (at most 64). They hold equal numbers of rows where that keeps the rule: with 7
+    layers, four blocks of 1¾ layers, so that both phases split evenly between two threads, where
+    blocks of whole layers (1, 2, 2, 2) would leave one thread a layer to do alone. Elsewhere they
+    are whole layers, as even as whole layers go.
+    """
+    n_layers = layer_start.shape[0] - 1
+    n_rows = layer_start[n_layers]
+    n_blocks = 1
+    if n_layers >= 2:
+        n_blocks = 2
+        while 2 * n_blocks <= n_layers and n_blocks < 128:
+            n_blocks *= 2
+    even = np.empty(n_blocks + 1, dtype=np.int64)
+    for b in range(n_blocks + 1):
+        even[b] = b * n_rows // n_blocks
+    valid = n_blocks >= 4
+    for k in range(n_blocks):
+        if not valid:
+            break
+        if even[k + 1] <= even[k]:
+            valid = False
+            break
+        last_layer = np.searchsorted(layer_start, even[k + 1] - 1, side="right") - 1
+        later = (k + 2) % n_blocks
+        first_layer = np.searchsorted(layer_start, even[later], side="right") - 1 + (n_layers if k + 2 >= n_blocks else 0)
+        valid = first_layer >= last_layer + 2
+    if valid:
+        return even
+    whole = np.empty(n_blocks + 1, dtype=np.int64)
+    for b in range(n_blocks + 1):
+        whole[b] = layer_start[b * n_layers // n_blocks]
+    return whole
 
 
 def _inlined(kernel):
@@ -506,24 +549,19 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
             shifts = partition.image_shifts_angstrom(box)
             rc2 = cutoff * cutoff
             r32 = cutoff3 * cutoff3 if with_triplets else 0.0
-            # the x-layers in 2K consecutive blocks; the even blocks run in parallel, then the odd ones.
-            # A block writes to its own layers and the next one, which belongs to a block of the
-            # other phase, so blocks of one phase never write the same atom. K depends on the layers
-            # alone, never on the threads, so the sums run in the same order for any thread count.
-            n_layers = layer_start.shape[0] - 1
-            n_blocks = 1
-            if n_layers >= 2:
-                n_blocks = 2
-                while 2 * n_blocks <= n_layers and n_blocks < 128:
-                    n_blocks *= 2
+            # the rows in 2K consecutive blocks (see row_blocks); the even blocks run in parallel, then
+            # the odd ones, so blocks of one phase never write the same atom. The blocks depend on the
+            # layers alone, never on the threads, so the sums run in the same order for any thread count.
+            block_start = row_blocks(layer_start)
+            n_blocks = block_start.shape[0] - 1
             per_phase = max(n_blocks // 2, 1)  # (a conditional expression in prange stops Numba parallelising it)
             for phase in range(min(n_blocks, 2)):
                 for b in prange(per_phase):
                     block = 2 * b + phase
                     near_j = np.empty(neighbors.shape[1], dtype=np.uint32)  # scratch rows, one per block
                     near_d = np.empty((neighbors.shape[1], 4))
-                    first = layer_start[block * n_layers // n_blocks]
-                    last = layer_start[(block + 1) * n_layers // n_blocks]
+                    first = block_start[block]
+                    last = block_start[block + 1]
                     for p in range(first, last):
                         w = atom_row(p, cell_positions, cell_types, shifts, neighbors, image, counts, rc2, r32,
                                      forces, loss, r2min, near_j, near_d, nb3, rev3, d3, cnt3)

@@ -225,3 +225,36 @@ def test_a_separable_form_that_does_not_reproduce_the_triplet_law_is_refused():
     with pytest.raises(KernelModuleError, match="come together"):
         check_kernel_module(half, "bad.py")
     check_kernel_module(_separable_module(), "good.py")  # the unchanged module passes
+
+
+# --- the blocks of the parallel half-list pass -----------------------------------------------------------
+
+
+def _layers_written(layer_start, first_row, last_row):
+    """The x-layers the rows [first_row, last_row) write to: their own and the next (the forward half stencil)."""
+    n_layers = len(layer_start) - 1
+    own = np.searchsorted(layer_start, np.arange(first_row, last_row), side="right") - 1
+    return set(own.tolist()) | set(((own + 1) % n_layers).tolist())
+
+
+@pytest.mark.parametrize("n_layers", range(1, 41))
+def test_blocks_of_one_phase_never_write_the_same_layer(n_layers):
+    rng = np.random.default_rng(n_layers)
+    for trial in range(25):
+        sizes = rng.integers(0 if trial % 5 == 4 else 20, 60, n_layers)  # some with empty layers
+        layer_start = np.concatenate([[0], np.cumsum(sizes)])
+        starts = energy.row_blocks(layer_start)
+        n_blocks = len(starts) - 1
+        assert starts[0] == 0 and starts[-1] == layer_start[-1] and np.all(np.diff(starts) >= 0)
+        assert n_blocks == 1 or n_blocks % 2 == 0
+        written = [_layers_written(layer_start, starts[b], starts[b + 1]) for b in range(n_blocks)]
+        for a in range(n_blocks):
+            for b in range(a + 2, n_blocks, 2):  # the same phase
+                assert not written[a] & written[b], (sizes.tolist(), starts.tolist(), a, b)
+
+
+def test_seven_even_layers_make_four_even_blocks():
+    # whole layers would be blocks of 1, 2, 2, 2 layers: one thread would do a layer alone in phase 0
+    starts = energy.row_blocks(np.arange(8) * 100)
+    assert starts.tolist() == [0, 175, 350, 525, 700]
+    assert energy.row_blocks(np.arange(6) * 100).tolist() == [0, 100, 200, 300, 500]  # 1¼ layers would break the rule
