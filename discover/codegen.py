@@ -41,7 +41,10 @@ from discover.force_matching import SPLINE_DEGREE
 from discover.invariants import is_intramolecular, pair_type_names, species_of_pair, species_pair_of
 from discover.model import Model, ModelError
 from simulate.fileio import write_text_atomic
-from simulate.kernels import MAX_COS_DEGREE  # cos^n θ needs moments of rank n (3^n components)
+from simulate.kernels import (  # cos^n θ needs moments of rank n (3^n components); the legs checked
+    MAX_COS_DEGREE,
+    SEPARABLE_CHECK_FROM_FRACTION,
+)
 from simulate.reference import TRIPLET_SUM_SOURCE, pair_sum_source
 
 
@@ -345,7 +348,6 @@ def _triplet_dispatch(model: Model) -> list[str]:
 SEPARATION_RELATIVE_TOLERANCE = 1e-12  # of the numerical checks: rounding, not a fitted approximation
 # like-neighbour radial factors are compared, and the separated law against the law, on these points
 _CHECK_POINTS = 400
-_CHECK_START_FRACTION = 0.15  # of r_3: ~0.5 Å for water, below any sampled triplet leg
 
 
 class NotSeparableError(ValueError):
@@ -377,7 +379,7 @@ def _numeric(expression: sympy.Expr, variables, values) -> np.ndarray:
 
 
 def _check_grid(cutoff_angstrom: float) -> np.ndarray:
-    return np.linspace(_CHECK_START_FRACTION * cutoff_angstrom, cutoff_angstrom, _CHECK_POINTS, endpoint=False)
+    return np.linspace(SEPARABLE_CHECK_FROM_FRACTION * cutoff_angstrom, cutoff_angstrom, _CHECK_POINTS, endpoint=False)
 
 
 def _proportionality(f1: sympy.Expr, f2: sympy.Expr, cutoff_angstrom: float) -> float:
@@ -431,7 +433,7 @@ def separate_triplet_law(w: sympy.Expr, like_neighbours: bool, cutoff_angstrom: 
 
 def _check_separated(w: sympy.Expr, law: SeparableTripletLaw, cutoff_angstrom: float) -> None:
     rng = np.random.default_rng(0)
-    r1, r2 = (rng.uniform(_CHECK_START_FRACTION * cutoff_angstrom, cutoff_angstrom, _CHECK_POINTS) for _ in range(2))
+    r1, r2 = (rng.uniform(SEPARABLE_CHECK_FROM_FRACTION * cutoff_angstrom, cutoff_angstrom, _CHECK_POINTS) for _ in range(2))
     c = rng.uniform(-1.0, 1.0, _CHECK_POINTS)
     radial1, radial2 = _numeric(law.radial1, [symbolic.R], [r1]), _numeric(law.radial2, [symbolic.R], [r2])
     powers = c[:, None] ** np.arange(law.degree + 1)

@@ -529,7 +529,9 @@ def _radial_tables(kernel_module: ModuleType, force_tolerance_ev_per_angstrom: f
             continue
         inner, outer = table_range(leg, min_inner_angstrom, r3, max_slope)
         # the lookup reads a leg's table up to r_3 and never checks the upper end (see _make_radial_kernel)
-        assert outer == r3, f"leg {leg.name}: its table ends at {outer} Å, not at r_3 = {r3} Å"
+        if outer != r3:
+            raise TabulationError(f"triplet leg {leg.name}: its table would end at {outer:.6g} Å, not at the "
+                                  f"three-body cutoff {r3:.6g} Å (its slope exceeds the table's limit there)")
         ranges[types] = leg, inner, outer
         # over the whole scan: below its table a partner leg answers by its closed form
         largest[types] = float(np.max(np.abs(u[np.isfinite(u)]), initial=0.0))

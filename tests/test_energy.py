@@ -3,6 +3,7 @@
 import types as types_module
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 
@@ -226,6 +227,20 @@ def test_a_separable_form_that_does_not_reproduce_the_triplet_law_is_refused():
         check_kernel_module(half, "bad.py")
     check_kernel_module(_separable_module(), "good.py")  # the unchanged module passes
 
+
+
+def test_a_radial_factor_wrong_only_at_bond_lengths_is_refused():
+    # the moment sums call triplet_radial, not triplet_energy_gradient: the check must reach the short
+    # legs (an O–H bond is 0.9–1.05 Å) where a wrong factor would go unseen in the forces' own tests
+    closed = load_kernel_module(EXAMPLES / "separable_triplet.py").triplet_radial
+
+    @numba.njit
+    def doubled_below_a_bond(type_k, type_j, type_other, r):
+        value, slope = closed(type_k, type_j, type_other, r)
+        return (2.0 * value, 2.0 * slope) if r < 0.9 else (value, slope)
+
+    with pytest.raises(KernelModuleError, match="triplet_radial × TRIPLET_COS_POLYNOMIAL gives"):
+        check_kernel_module(_separable_module(triplet_radial=doubled_below_a_bond), "bad.py")
 
 # --- the blocks of the parallel half-list pass -----------------------------------------------------------
 
