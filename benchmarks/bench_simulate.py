@@ -364,7 +364,7 @@ TABULATED_SUFFIX = "_tabulated"
 
 
 def tabulation_gains(rows: list[dict]) -> list[dict]:
-    """Per learned model, size and cores: mld's µs/atom-step with tabulated pair laws against the closed form's."""
+    """Per model, size and cores: mld's µs/atom-step with tabulated pair laws against the closed form's."""
     by = {(r["model"], r["atoms"], r["cores"]): r for r in rows if r["engine"] == "mld"}
     out = []
     for (model, atoms, cores), row in sorted(by.items(), key=lambda item: (item[0][0], item[0][2], item[0][1])):

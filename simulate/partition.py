@@ -21,8 +21,8 @@ Two kinds, both padded to a fixed width per atom:
 
 Every list also records the atoms in cell order (x-major) and where each x-layer of cells
 starts in it. A half-list force loop writes to atom i's layer and the next one only, so blocks of
-layers with a block between them never touch the same atom: :mod:`simulate.energy` runs even
-blocks in parallel, then odd ones, each block serially in a fixed order. Every atom's sums then run in
+rows two layers apart never touch the same atom: :mod:`simulate.energy` runs even blocks in parallel,
+then odd ones (see :func:`simulate.energy.row_blocks`), each block serially in a fixed order. Every atom's sums then run in
 the same order whatever the number of threads, and results are the same bit for bit — which is
 what makes a resumed run identical to an unbroken one.
 
@@ -246,7 +246,7 @@ def _build_cells(positions, box, n_cells, list_cutoff, capacity, cell_start, cel
                     dy = yi - sy[a]
                     dz = zi - sz[a]
                     slot = min(m, last)
-                    row_neighbors[slot] = a if half else cell_atoms[a]
+                    row_neighbors[slot] = np.int32(a) if half else np.int32(cell_atoms[a])  # (no float64 unification)
                     row_image[slot] = code
                     m += np.uint64((dx * dx + dy * dy + dz * dz < rl2) & (a != own))
                 filled[p] = m
