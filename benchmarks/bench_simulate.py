@@ -35,6 +35,7 @@ threads it ran with) over mld's single-thread seconds per step at 96 atoms.
 
     .venv/bin/python benchmarks/bench_simulate.py                  # full table, writes results/
     .venv/bin/python benchmarks/bench_simulate.py --max-atoms 7000 --no-write
+    .venv/bin/python benchmarks/bench_simulate.py --spin 20000     # threads spin ~0.2 ms: results/simulate_spin.*
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+# --spin N reaches libgomp only before Numba starts its threads, so it is read before Numba is imported
+# (simulate.partition otherwise sets OMP_WAIT_POLICY=PASSIVE: idle threads sleep at once)
+if "--spin" in sys.argv[:-1]:
+    os.environ["GOMP_SPINCOUNT"] = sys.argv[sys.argv.index("--spin") + 1]
 
 import numba
 import numpy as np
@@ -421,7 +427,8 @@ def markdown(rows: list[dict], compared: list[dict], cp2k: dict | None, meta: di
         "",
         (f"Machine: {meta['machine']}, shared with other work: load average {meta['load_min']:.2f}–"
          f"{meta['load_max']:.2f} during the run; the table gives the cores other processes kept busy while each "
-         f"size (averaged over its interleaved runs). Numba {meta['numba']} ({meta['threading_layer']} threading layer), LAMMPS {meta['lammps']}."),
+         f"size (averaged over its interleaved runs). Numba {meta['numba']} ({meta['threading_layer']} threading layer; "
+         f"{meta['thread_wait']}), LAMMPS {meta['lammps']}."),
         "",
         (f"Same model, same start, same settings: replicated CP2K water box (frame 0 of "
          f"`data/water32_300K.npz`), NVE steps of {DT_FS} fs ({meta['steps']} per run; 2M atom-steps, at least 20 "
@@ -540,6 +547,9 @@ def main() -> None:
     parser.add_argument("--max-atoms", type=int, default=200_000)
     parser.add_argument("--no-lammps", action="store_true", help="mld only")
     parser.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/results alone")
+    parser.add_argument("--spin", type=int, default=None,
+                        help="let mld's idle OpenMP threads spin this many times before they sleep (GOMP_SPINCOUNT; "
+                             "about 10⁵ a millisecond), as MPI ranks busy-wait; results go to simulate_spin.*")
     parser.add_argument("--block", type=int, default=BLOCK_STEPS,
                         help="mld steps per compiled block (0: the plain step-by-step path)")
     args = parser.parse_args()
@@ -590,6 +600,8 @@ def main() -> None:
         "block_steps": args.block,
         "cores": list(cores),
         "threading_layer": numba.threading_layer(),
+        "thread_wait": (f"idle threads spin {args.spin} times (GOMP_SPINCOUNT) before they sleep" if args.spin is not None
+                        else f"idle threads sleep at once (OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')})"),
         "python_rss_mib": min(r.get("rss_before_mib", math.inf) for r in rows) if rows else 0.0,
         "load_min": min(loads),
         "load_max": max(loads),
@@ -607,8 +619,9 @@ def main() -> None:
         out = ROOT / "benchmarks" / "results"
         payload = {"meta": meta, "comparison": compared, "cp2k": cp2k, "learned": learned_costs(rows),
                    "tabulated": tabulation_gains(rows), "rows": rows}
-        write_text_atomic(out / "simulate.json", json.dumps(payload, indent=2))
-        write_text_atomic(out / "simulate.md", text)
+        name = "simulate" if args.spin is None else "simulate_spin"
+        write_text_atomic(out / f"{name}.json", json.dumps(payload, indent=2))
+        write_text_atomic(out / f"{name}.md", text)
 
 
 if __name__ == "__main__":
