@@ -56,7 +56,7 @@ import numpy as np
 from numba import prange
 
 from simulate import partition, topology
-from simulate.kernels import MAX_COS_DEGREE, has_separable_triplets, has_threebody, is_molecular
+from simulate.kernels import check_separable_triplets, has_separable_triplets, has_threebody, is_molecular
 from simulate.space import box_lengths
 
 
@@ -90,14 +90,11 @@ def _moment_layout(cos_polynomial) -> tuple:
     """What the moment pass closes over, from ``TRIPLET_COS_POLYNOMIAL`` (S, S, S, D+1).
 
     (the coefficients, their sums over n for two neighbours of one species (S, S), the power n of
-    each flattened moment component, S, the number of components Σ_{n≤D} 3^n, D).
+    each flattened moment component, S, the number of components Σ_{n≤D} 3^n, D). The table's shape,
+    degree and symmetry are :func:`simulate.kernels.check_separable_triplets`'s to check.
     """
     poly = np.ascontiguousarray(cos_polynomial, dtype=np.float64)
     degree = poly.shape[3] - 1
-    if degree > MAX_COS_DEGREE:
-        raise ValueError(f"cos-polynomials of degree {degree} > {MAX_COS_DEGREE} are not supported")
-    if not np.array_equal(poly, poly.transpose(0, 2, 1, 3)):
-        raise ValueError("TRIPLET_COS_POLYNOMIAL must be symmetric in its neighbours' types (the moments assume it)")
     n_species = poly.shape[0]
     power_of = np.concatenate([np.full(3**n, n, dtype=np.int64) for n in range(degree + 1)])
     poly_same = np.ascontiguousarray(np.einsum("kbbn->kb", poly))
@@ -744,6 +741,10 @@ def force_loops(kernel_module: ModuleType, triplet_moments: bool = True) -> Forc
     key = (id(kernel_module), moments)
     cached = _LOOPS.get(key)
     if cached is None or cached.kernel_module is not kernel_module:
+        if moments:
+            # the moment pass indexes the table without bounds checks and trusts the identity R·R·P = w
+            # (a module object built in memory need not have passed load_kernel_module's checks)
+            check_separable_triplets(kernel_module)
         threebody = has_threebody(kernel_module)
         half, half_forces_only, full = _make_loops(
             kernel_module.pair_energy_force,
