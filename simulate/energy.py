@@ -156,8 +156,23 @@ def _inlined(kernel):
     return numba.njit(inline="always")(py_func) if py_func is not None else kernel
 
 
+def _pair_of_r2(pair_energy_force, pair_energy_force_r2=None):
+    """The pair law as the passes call it, of r² (inlined, see :func:`_inlined`): the kernel module's
+    ``pair_energy_force_r2`` where it has one, else ``pair_energy_force`` at √r² (computed as the pass
+    would, so a closed form gives the same numbers bit for bit)."""
+    if pair_energy_force_r2 is not None:
+        return _inlined(pair_energy_force_r2)
+    pair_energy_force = _inlined(pair_energy_force)
+
+    @numba.njit(inline="always")
+    def of_r2(type_i, type_j, r2):
+        return pair_energy_force(type_i, type_j, math.sqrt(r2))
+
+    return of_r2
+
+
 def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_energy_force=None, triplet_radial=None,
-                cos_polynomial=None):
+                cos_polynomial=None, pair_energy_force_r2=None):
     """(half-list forces, its forces-only variant, full-list forces), each a (serial, parallel) pair.
 
     All return ``(forces (N,3), loss (N,), virial (N,), nearest (N,), energy, virial_total, needed3,
@@ -174,11 +189,12 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
     the pair law on the intramolecular pairs ``work[11], work[12]`` (see :func:`workspace`).
     With ``triplet_radial`` and ``cos_polynomial`` (a separable three-body law, see
     :mod:`simulate.kernels`) each centre's triplets are summed by moments (:func:`_moment_layout`)
-    instead of pair by pair.
+    instead of pair by pair. Every pass calls the pair law of r² (:func:`_pair_of_r2`): with a
+    ``pair_energy_force_r2`` it takes no square root per pair.
     """
     with_triplets = triplet_energy_gradient is not None  # a compile-time constant of the loops
     with_moments = with_triplets and triplet_radial is not None
-    pair_energy_force = _inlined(pair_energy_force)
+    pair_energy_force = _pair_of_r2(pair_energy_force, pair_energy_force_r2)
     triplet = _inlined(triplet_energy_gradient) if with_triplets else _no_triplets
     radial = _inlined(triplet_radial) if with_moments else _no_radial
     poly, poly_same, power_of, n_species, n_components, degree = _moment_layout(
@@ -493,13 +509,12 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
             for slot in range(m):
                 j = near_j[slot]
                 dx, dy, dz, r2 = near_d[slot, 0], near_d[slot, 1], near_d[slot, 2], near_d[slot, 3]
-                r = math.sqrt(r2)
                 if with_triplets:
                     if r2 < r32:
-                        file_triplet_pair(i, j, dx, dy, dz, r, nb3, rev3, d3, cnt3)
+                        file_triplet_pair(i, j, dx, dy, dz, math.sqrt(r2), nb3, rev3, d3, cnt3)
                     if r2 >= rc2:
                         continue
-                u, f = pair_energy_force(ti, types[j], r)
+                u, f = pair_energy_force(ti, types[j], r2)
                 fx += f * dx
                 fy += f * dy
                 fz += f * dz
@@ -663,7 +678,7 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                         d3[i, m, 4] = inv_r
                     m += 1
                 if r2 < rc2:
-                    u, f = pair_energy_force(ti, types[j], math.sqrt(r2))
+                    u, f = pair_energy_force(ti, types[j], r2)
                     e += u
                     fx += f * dx
                     fy += f * dy
@@ -751,7 +766,8 @@ def force_loops(kernel_module: ModuleType, triplet_moments: bool = True) -> Forc
             kernel_module.triplet_energy_gradient if threebody else None,
             kernel_module.intra_pair_energy_force if is_molecular(kernel_module) else None,
             kernel_module.triplet_radial if moments else None,
-            kernel_module.TRIPLET_COS_POLYNOMIAL if moments else None)
+            kernel_module.TRIPLET_COS_POLYNOMIAL if moments else None,
+            getattr(kernel_module, "pair_energy_force_r2", None))
         cutoff3 = float(kernel_module.THREEBODY_CUTOFF_ANGSTROM) if threebody else 0.0
         cached = ForceLoops(kernel_module, half, half_forces_only, full, float(kernel_module.CUTOFF_ANGSTROM), cutoff3, {})
         _LOOPS[key] = cached

@@ -21,6 +21,14 @@ A kernel module is a standalone Python file that imports only ``numpy``, ``numba
     where ``atom_loss_ev[k] = H_{A_k}(k) = Σ_j u(r_kj)`` is atom k's own loss and the total
     energy is ``E = ½ Σ_k H_{A_k}(k)`` for a pairwise model.
 
+Optional, for speed:
+
+``pair_energy_force_r2(type_i, type_j, r2)``
+    ``@numba.njit`` scalar: the same law as ``pair_energy_force``, of the squared distance ``r2``
+    (Å²). The pair passes of the simulator call it where it exists, and take no square root per pair.
+    ``pair_energy_force(type_i, type_j, r)`` must equal it at ``r2 = r * r`` (checked at sample
+    distances to 10⁻¹² relative). Tabulated modules (``simulate.tabulate``) have it.
+
 Optional, for many-body models:
 
 ``THREEBODY_CUTOFF_ANGSTROM``
@@ -128,7 +136,33 @@ def check_kernel_module(module: ModuleType, label: str = "kernel module") -> Non
             raise KernelModuleError(f"{label}: INTRA_PAIR_TYPES must be a {n}×{n} table")
         if has_threebody(module):
             raise KernelModuleError(f"{label}: molecular kernels with three-body terms are not supported")
+    check_squared_pair_law(module, label)
     check_separable_triplets(module, label)
+
+
+SQUARED_SAMPLES = 64  # distances per species pair at which pair_energy_force_r2 is checked
+SQUARED_RTOL = 1e-12
+
+
+def check_squared_pair_law(module: ModuleType, label: str = "kernel module") -> None:
+    """Refuse a ``pair_energy_force_r2`` that is not ``pair_energy_force`` at r² = r·r.
+
+    Checked at distances from a tenth of the cutoff to past it, where the cutoff itself is among them.
+    """
+    if not hasattr(module, "pair_energy_force_r2"):
+        return
+    cutoff = float(module.CUTOFF_ANGSTROM)
+    rng = np.random.default_rng(0)
+    r_all = np.append(rng.uniform(0.1 * cutoff, 1.1 * cutoff, SQUARED_SAMPLES), cutoff)
+    n = len(module.SPECIES)
+    for a, b in np.ndindex(n, n):
+        for r in r_all:
+            got = module.pair_energy_force_r2(a, b, r * r)
+            want = module.pair_energy_force(a, b, r)
+            for what, x, y in zip(("u", "force over r"), got, want):
+                if not abs(x - y) <= SQUARED_RTOL * abs(y) + 1e-300:
+                    raise KernelModuleError(f"{label}: pair_energy_force_r2 gives {what} = {x:.12g} at r² = {r * r:.6f} "
+                                            f"Å², pair_energy_force {y:.12g} at r = {r:.6f} Å (types {a} {b})")
 
 
 def has_separable_triplets(module: ModuleType) -> bool:

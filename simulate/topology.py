@@ -145,13 +145,15 @@ def _distance(positions, box, a, b) -> float:
     return float(np.linalg.norm(minimum_image(positions[a] - positions[b], np.diag(box_lengths(box)))))
 
 
-def make_bonded_loop(intra_pair_energy_force, pair_energy_force):
+def make_bonded_loop(intra_pair_energy_force, pair_energy_force_r2):
     """The intramolecular correction over a fixed list of pairs, compiled with the two kernels.
 
     For each intramolecular pair it adds the bonded law and subtracts the intermolecular law that
     the neighbour loop counted for the same pair (zero beyond the pair cutoff, where the neighbour
-    loop counted nothing), to forces, per-atom losses and per-atom virials in place. Returns the
-    energy added. Serial: the list has a handful of pairs per molecule.
+    loop counted nothing), to forces, per-atom losses and per-atom virials in place. The
+    intermolecular law is called as the neighbour loop calls it, as a function of r² (see
+    :func:`simulate.energy._pair_of_r2`). Returns the energy added. Serial: the list has a handful of
+    pairs per molecule.
     """
 
     @numba.njit
@@ -169,7 +171,7 @@ def make_bonded_loop(intra_pair_energy_force, pair_energy_force):
             r2 = dx * dx + dy * dy + dz * dz
             r = math.sqrt(r2)
             u_bond, f_bond = intra_pair_energy_force(types[i], types[j], r)
-            u_pair, f_pair = pair_energy_force(types[i], types[j], r)
+            u_pair, f_pair = pair_energy_force_r2(types[i], types[j], r2)
             u = u_bond - u_pair
             f = f_bond - f_pair
             energy += u

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from simulate import energy, md, tabulate, topology
-from simulate.kernels import check_kernel_module, load_kernel_module
+from simulate.kernels import KernelModuleError, check_kernel_module, load_kernel_module
 from simulate.reference import compile_reference
 from tests.kernel_examples.starting_frames import DATASET, water32_frame
 
@@ -91,7 +91,7 @@ def test_table_is_exact_at_its_knots(modules):
     closed, tabulated = modules["pairwise"]
     for a, b in ((0, 0), (0, 1), (1, 1)):
         table = tabulated.PAIR_TABLES[[(0, 0), (0, 1), (1, 1)].index((a, b))]
-        knots = table.inner_angstrom + table.step_angstrom * np.arange(table.cells)
+        knots = table.knots_angstrom[:-1]
         u, du = tabulate.evaluate_table(table, knots)
         exact = np.array([closed.pair_energy_force(a, b, r) for r in knots])
         np.testing.assert_allclose(u, exact[:, 0], rtol=0, atol=1e-13)
@@ -127,6 +127,55 @@ def test_tabulated_module_runs_in_the_compiled_force_loops(modules, frames):
         assert result.energy_ev == pytest.approx(e, rel=1e-12)
         np.testing.assert_allclose(result.forces_ev_per_angstrom, f, rtol=0, atol=1e-10)
         np.testing.assert_allclose(result.atom_loss_ev, loss, rtol=0, atol=1e-10)
+
+
+def test_pair_tables_are_in_r_squared_and_agree_with_the_law_of_r(modules):
+    """Pair laws are looked up by r² (no square root in the passes), bonded laws by r; the r² kernel is
+    the module's pair law at r² = r·r, bit for bit, in the table, the core and beyond the cutoff."""
+    _, tabulated = modules["molecular"]
+    squared = {t.name: t.squared for t in tabulated.PAIR_TABLES}
+    assert squared == {"OO": True, "OH": True, "HH": True, "OH_intra": False, "HH_intra": False}
+    rng = np.random.default_rng(7)
+    for a, b in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        for r in np.append(rng.uniform(0.6, 1.1 * tabulated.CUTOFF_ANGSTROM, 200), tabulated.CUTOFF_ANGSTROM):
+            assert tabulated.pair_energy_force_r2(a, b, r * r) == tabulated.pair_energy_force(a, b, r)
+
+
+def test_force_loops_call_the_law_of_r_squared_where_a_module_has_one(modules, frames):
+    """A module whose ``pair_energy_force_r2`` is twice its ``pair_energy_force`` (built in memory: the
+    interface's check would refuse it) gets twice the forces and energy from every pass."""
+    _, tabulated = modules["pairwise"]
+    law_r2 = tabulated.pair_energy_force_r2
+
+    @numba.njit
+    def doubled(type_i, type_j, r2):
+        u, f = law_r2(type_i, type_j, r2)
+        return 2.0 * u, 2.0 * f
+
+    module = ModuleType("doubled_r2")
+    for name in ("SPECIES", "MASSES_AMU", "CUTOFF_ANGSTROM", "pair_energy_force", "energy_forces"):
+        setattr(module, name, getattr(tabulated, name))
+    module.pair_energy_force_r2 = doubled
+    with pytest.raises(KernelModuleError, match="pair_energy_force_r2 gives u = "):
+        check_kernel_module(module, "doubled")
+    types, box, positions = frames
+    e, f, _ = tabulated.energy_forces(positions[0], types, box)
+    _, result = energy.make_force_fn(module, types, box)(positions[0])
+    assert result.energy_ev == pytest.approx(2.0 * e, rel=1e-12)
+    np.testing.assert_allclose(result.forces_ev_per_angstrom, 2.0 * f, rtol=0, atol=1e-10)
+
+
+def test_the_r_squared_force_is_minus_twice_the_slope_of_the_energy_in_r_squared(coarse_pairwise):
+    """−u'(r)/r = −2 du/d(r²): the r² kernel's force is the exact derivative of its own energy."""
+    rng = np.random.default_rng(8)
+    step = 1e-6
+    for a, b in ((0, 0), (0, 1), (1, 1)):
+        table = coarse_pairwise.PAIR_TABLES[a + b]
+        s = rng.uniform(table.grid[0] + step, table.grid[1] - step, 400)
+        u_plus = np.array([coarse_pairwise.pair_energy_force_r2(a, b, x + step)[0] for x in s])
+        u_minus = np.array([coarse_pairwise.pair_energy_force_r2(a, b, x - step)[0] for x in s])
+        force_over_r = np.array([coarse_pairwise.pair_energy_force_r2(a, b, x)[1] for x in s])
+        np.testing.assert_allclose(force_over_r, -2.0 * (u_plus - u_minus) / (2 * step), rtol=0, atol=1e-8)
 
 
 def test_tables_start_at_the_wall_joints_and_leave_the_core_to_the_closed_form(modules):
@@ -310,17 +359,18 @@ def _law_cut_without_shift(r):
     return u + 0.05 - 0.02 * r, du - 0.02
 
 
-def test_a_law_cut_without_shift_keeps_its_step_at_the_cutoff():
-    module = _module(_law_cut_without_shift, 4.0)
+@pytest.mark.parametrize("cutoff", [4.0, 4.5])  # at 4.5 Å, √ of the float below 4.5² rounds to 4.5 itself
+def test_a_law_cut_without_shift_keeps_its_step_at_the_cutoff(cutoff):
+    module = _module(_law_cut_without_shift, cutoff)
     tabulated = tabulate.tabulate_kernel_module(module)
     (table,) = tabulated.PAIR_TABLES
-    assert table.outer_angstrom == 4.0
-    below = np.nextafter(4.0, 0.0)
+    assert table.outer_angstrom == cutoff
+    below = np.nextafter(cutoff, 0.0)
     u, f = tabulated.pair_energy_force(0, 0, below)
     u_closed, f_closed = module.pair_energy_force(0, 0, below)
     assert u == pytest.approx(u_closed, abs=1e-10) and f == pytest.approx(f_closed, abs=1e-10)
     assert abs(u_closed) > 0.01  # the step is there, and the table keeps it
-    assert tabulated.pair_energy_force(0, 0, 4.0) == (0.0, 0.0)
+    assert tabulated.pair_energy_force(0, 0, cutoff) == (0.0, 0.0)
 
 
 @numba.njit
