@@ -1,7 +1,8 @@
 """Energy and forces of a kernel module, summed over a neighbour list.
 
 A kernel module (see :mod:`simulate.kernels`) supplies the scalar law ``pair_energy_force(ti, tj, r)``
-and, optionally, ``triplet_energy_gradient``. Here one generic loop maps it over the neighbours of
+(or, faster, ``pair_energy_force_r2(ti, tj, r²)``: no square root per pair) and, optionally,
+``triplet_energy_gradient``. Here one generic loop maps it over the neighbours of
 every atom. The loop is made by a factory that closes over the kernel, so Numba compiles the kernel
 into the loop (inlined by Numba itself, see :func:`_inlined`) instead of calling through Python; the
 compiled loops are cached per kernel module for the life of the process.

@@ -27,7 +27,8 @@ Optional, for speed:
     ``@numba.njit`` scalar: the same law as ``pair_energy_force``, of the squared distance ``r2``
     (Å²). The pair passes of the simulator call it where it exists, and take no square root per pair.
     ``pair_energy_force(type_i, type_j, r)`` must equal it at ``r2 = r * r`` (checked at sample
-    distances to 10⁻¹² relative). Tabulated modules (``simulate.tabulate``) have it.
+    distances to 10⁻¹² of the law's size there), and so it returns exactly ``(0.0, 0.0)`` for
+    ``r2 >= CUTOFF_ANGSTROM * CUTOFF_ANGSTROM``. Tabulated modules (``simulate.tabulate``) have it.
 
 Optional, for many-body models:
 
@@ -147,7 +148,9 @@ SQUARED_RTOL = 1e-12
 def check_squared_pair_law(module: ModuleType, label: str = "kernel module") -> None:
     """Refuse a ``pair_energy_force_r2`` that is not ``pair_energy_force`` at r² = r·r.
 
-    Checked at distances from a tenth of the cutoff to past it, where the cutoff itself is among them.
+    Checked at distances from a tenth of the cutoff to past it, the cutoff itself among them: equal, or
+    within 10⁻¹² of the largest finite |u| (|force over r|) of the law over those distances (a law
+    written anew for r² rounds otherwise, and crosses zero).
     """
     if not hasattr(module, "pair_energy_force_r2"):
         return
@@ -156,13 +159,17 @@ def check_squared_pair_law(module: ModuleType, label: str = "kernel module") -> 
     r_all = np.append(rng.uniform(0.1 * cutoff, 1.1 * cutoff, SQUARED_SAMPLES), cutoff)
     n = len(module.SPECIES)
     for a, b in np.ndindex(n, n):
-        for r in r_all:
-            got = module.pair_energy_force_r2(a, b, r * r)
-            want = module.pair_energy_force(a, b, r)
-            for what, x, y in zip(("u", "force over r"), got, want):
-                if not abs(x - y) <= SQUARED_RTOL * abs(y) + 1e-300:
-                    raise KernelModuleError(f"{label}: pair_energy_force_r2 gives {what} = {x:.12g} at r² = {r * r:.6f} "
-                                            f"Å², pair_energy_force {y:.12g} at r = {r:.6f} Å (types {a} {b})")
+        want = np.array([module.pair_energy_force(a, b, r) for r in r_all], dtype=float)
+        got = np.array([module.pair_energy_force_r2(a, b, r * r) for r in r_all], dtype=float)
+        with np.errstate(invalid="ignore"):
+            size = np.max(np.where(np.isfinite(want), np.abs(want), 0.0), axis=0)
+            close = (got == want) | (np.abs(got - want) <= SQUARED_RTOL * size) | (np.isnan(got) & np.isnan(want))
+        if not close.all():
+            k, q = np.argwhere(~close)[0]
+            r = r_all[k]
+            raise KernelModuleError(f"{label}: pair_energy_force_r2 gives {('u', 'force over r')[q]} = {got[k, q]:.12g} "
+                                    f"at r² = {r * r:.6f} Å², pair_energy_force {want[k, q]:.12g} at r = {r:.6f} Å "
+                                    f"(types {a} {b})")
 
 
 def has_separable_triplets(module: ModuleType) -> bool:

@@ -2,8 +2,8 @@
 
 A learned pair law costs what its formula costs: ``r**-5.55``, Gaussians, shifted-force terms. A
 table costs the same for every law. :func:`tabulate_kernel_module` takes any kernel module (the
-contract of :mod:`simulate.kernels`) and returns one whose ``pair_energy_force`` (and, for a
-molecular model, ``intra_pair_energy_force``) looks the law up; every other name passes through,
+contract of :mod:`simulate.kernels`) and returns one whose ``pair_energy_force`` and
+``pair_energy_force_r2`` (and, for a molecular model, ``intra_pair_energy_force``) look the law up; every other name passes through,
 so the result runs wherever a generated module runs (the compiled loops of :mod:`simulate.energy`,
 the blocks of :mod:`simulate.integrate`, :func:`simulate.md.simulate`).
 
@@ -88,9 +88,13 @@ class TabulationError(MldError, ValueError):
 
 
 def _grid(inner_angstrom: float, outer_angstrom: float, squared: bool) -> tuple[float, float]:
-    """A table's first and last knot in its variable: r (Å), or r² (Å²) if ``squared``."""
+    """A table's first and last knot in its variable: r (Å), or r² (Å²) if ``squared``.
+
+    r² is r·r, as the passes square a distance (``x**2`` goes through ``pow`` and can differ by an ulp):
+    then r < outer exactly when r·r < outer·outer, and a law cut at outer is exactly zero at r = outer.
+    """
     if squared:
-        return inner_angstrom**2, outer_angstrom**2
+        return inner_angstrom * inner_angstrom, outer_angstrom * outer_angstrom
     return inner_angstrom, outer_angstrom
 
 
@@ -155,7 +159,8 @@ def quintic_hermite_coefficients(u: np.ndarray, du_dr: np.ndarray, d2u_dr2: np.n
 
 @numba.njit(inline="always")
 def _cell(coefficients, first_cell, inverse_step, inner, r):
-    """(u, du/dr) of the table at r ≥ inner: the quintic of the cell r falls in, and its exact derivative."""
+    """(u, du/dx) of the table at x = r ≥ inner (or x = r² ≥ inner² for a table in r²): the quintic of the
+    cell x falls in, and its exact derivative."""
     t = (r - inner) * inverse_step
     k = int(t)
     s = t - k
@@ -173,7 +178,8 @@ def _cell(coefficients, first_cell, inverse_step, inner, r):
 
 @numba.njit(cache=True)
 def _evaluate_table(coefficients, inner, inverse_step, r):
-    """(u, du/dr) of one law's table at every r (inside its range): the lookup the kernels inline."""
+    """(u, du/dx) of one law's table at every x (r, or r² for a table in r², inside its range): the lookup
+    the kernels inline."""
     u = np.empty(r.shape[0])
     du = np.empty(r.shape[0])
     for k in range(r.shape[0]):
@@ -455,6 +461,8 @@ def tabulate_law(law, inner: float, outer: float, force_tolerance_ev_per_angstro
             return LawTable(name, inner, outer, cells, coefficients, force_error, energy_error)
         ratio = max(force_error / force_tolerance_ev_per_angstrom, energy_error / tolerance_energy)
         grown = math.ceil(cells * min(max(ratio**0.2 * 1.15, 1.25), 16.0))
+        if grown > MAX_CELLS and cells < MAX_CELLS:
+            grown = MAX_CELLS  # the largest table is tried once before giving up
         if grown > MAX_CELLS:
             raise TabulationError(
                 f"law {name}: {cells} cells on [{inner:.4f}, {outer:.4f}] {'Å²' if squared else 'Å'} still miss "
@@ -476,12 +484,16 @@ class _Rows(NamedTuple):
     inverse_step: np.ndarray  # (rows,) 1/Å or 1/Å²
     first_cell: np.ndarray  # (rows,) int64: offset of the row's cells in ``coefficients``
     coefficients: np.ndarray  # (Σ cells + 1, COEFFICIENTS_PER_CELL)
+    squared: bool | None  # the tables are in r² (True) or in r (False); None: no table
 
 
 def _rows(tables: dict[tuple[int, ...], LawTable], shape: tuple[int, ...]) -> _Rows:
     """Rows of ``tables``, each reached from its types (and, for a pair, the swapped types), and a last
     row, empty, for the types without a table."""
     row_of_types = np.full(shape, len(tables), dtype=np.int64)
+    kinds = {table.squared for table in tables.values() if table is not _NO_LAW}
+    if len(kinds) > 1:
+        raise ValueError("tables in r and in r² cannot share rows")
     inner, outer, inverse_step, first_cell, blocks = [], [], [], [], []
     offset = 0
     for row, (types, table) in enumerate(tables.items()):
@@ -500,7 +512,7 @@ def _rows(tables: dict[tuple[int, ...], LawTable], shape: tuple[int, ...]) -> _R
     first_cell.append(offset)
     blocks.append(np.zeros((1, COEFFICIENTS_PER_CELL)))
     return _Rows(row_of_types, np.array(inner), np.array(outer), np.array(inverse_step),
-                 np.array(first_cell, dtype=np.int64), np.ascontiguousarray(np.concatenate(blocks)))
+                 np.array(first_cell, dtype=np.int64), np.ascontiguousarray(np.concatenate(blocks)), kinds.pop() if kinds else None)
 
 
 def _make_kernel_r2(closed_form, rows: _Rows):
@@ -511,6 +523,8 @@ def _make_kernel_r2(closed_form, rows: _Rows):
     The range and offset of each law are read by the species pair itself (i·S + j), not through its
     row: one dependent load less before the coefficients, 6–7 % less time for the pair pass.
     """
+    if rows.squared is False:
+        raise ValueError("the r² kernel reads tables in r²")
     n_species = rows.row_of_types.shape[0]
     row_of_pair = rows.row_of_types.ravel()
     inner = np.ascontiguousarray(rows.inner[row_of_pair])
@@ -545,6 +559,8 @@ def _of_r(kernel_r2):
 def _make_kernel(closed_form, rows: _Rows):
     """A kernel of the contract from tables uniform in r: the table inside each law's range,
     ``closed_form`` outside it."""
+    if rows.squared:
+        raise ValueError("this kernel reads tables in r")
     row_of_types = rows.row_of_types
     inner = rows.inner
     outer = rows.outer
@@ -568,6 +584,8 @@ def _make_kernel(closed_form, rows: _Rows):
 def _make_radial_kernel(closed_form, rows: _Rows, cutoff3: float):
     """A ``triplet_radial`` of the contract: the table of each leg on [inner, r_3), the closed form below
     inner (and for a leg without a table), exactly (0, 0) at and beyond r_3."""
+    if rows.squared:
+        raise ValueError("this kernel reads tables in r")
     row_of_legs = rows.row_of_types
     inner = rows.inner
     inverse_step = rows.inverse_step
@@ -762,6 +780,6 @@ def describe(tabulated_module: ModuleType) -> str:
                                  (getattr(tabulated_module, "RADIAL_TABLES", ()), "|ΔR'| {:.1e}", "|ΔR| {:.1e}")):
         for t in tables:
             lines.append(f"{t.name:>9}: [{t.inner_angstrom:.6f}, {t.outer_angstrom:.6f}] Å, {t.cells} cells of "
-                         f"{t.step * 1e3:.2f} {'mÅ² in r²' if t.squared else 'mÅ'}, max {slope.format(t.force_error_ev_per_angstrom)}, "
+                         f"{f'{t.step:.4g} Å² in r²' if t.squared else f'{t.step * 1e3:.2f} mÅ'}, max {slope.format(t.force_error_ev_per_angstrom)}, "
                          f"max {value.format(t.energy_error_ev)}")
     return "\n".join(lines)

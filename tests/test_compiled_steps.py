@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from discover import codegen
-from simulate import energy, integrate, md, partition, setup, topology
+from simulate import energy, integrate, md, partition, setup, tabulate, topology
 from simulate.kernels import is_molecular, load_kernel_module
 from tests.export_support import generated_kernels, manybody_water_model
 from tests.kernel_examples.starting_frames import argon_fcc, water32_frame
@@ -202,7 +202,12 @@ def morse():
     return load_kernel_module(EXAMPLES / "morse_water.py")
 
 
-@pytest.mark.parametrize("model", ["morse", "manybody"])
+@pytest.fixture(scope="module")
+def morse_tabulated(morse):
+    return tabulate.tabulate_kernel_module(morse)  # pair laws in r²: the passes call pair_energy_force_r2
+
+
+@pytest.mark.parametrize("model", ["morse", "morse_tabulated", "manybody"])
 def test_forces_without_energy_are_the_forces_with_energy_bit_for_bit(request, model):
     kernel = request.getfixturevalue(model)
     types, positions, box = replicated_water(kernel, (3, 2, 2))  # 1152 atoms: cell list
@@ -220,6 +225,25 @@ def test_forces_without_energy_are_the_forces_with_energy_bit_for_bit(request, m
         assert only[1].size == only[2].size == only[3].size == 0  # no losses, virials, nearest distances
         assert np.isnan(only[4]) and np.isnan(only[5])  # nor energy and virial
         assert only[6:] == (needed3, closest)
+
+
+def test_kicks_and_drift_on_threads_or_not_give_the_same_steps_bit_for_bit(morse, monkeypatch):
+    """The per-atom kick and drift loops run on threads only from STREAM_PARALLEL_MIN_ATOMS atoms (thread
+    wake-ups cost more than they save below); either way the compiled blocks take the same steps."""
+    types, positions, box = replicated_water(morse, (3, 2, 2))  # 1152 atoms: the parallel force pass
+    masses = np.asarray(morse.MASSES_AMU)[types]
+    velocities = setup.maxwell_boltzmann(masses, 300.0, seed=3)
+    states = []
+    for threshold in (0, 10**9):
+        monkeypatch.setattr(integrate, "STREAM_PARALLEL_MIN_ATOMS", threshold)
+        assert integrate.streams_parallel(len(positions)) == (threshold == 0)
+        nve = integrate.nve(energy.make_force_fn(morse, types, box), 0.5)
+        state, done, _ = nve.run(nve.init(positions, velocities, masses), 30, np.inf, 0.0)
+        assert done == 30
+        states.append(state)
+    assert integrate._KICK[0].signatures and integrate._KICK[1].signatures  # both compilations ran
+    assert_same_state(*states)
+    assert not integrate.streams_parallel(96)  # a small box's loops are serial whatever the threshold
 
 
 def test_a_block_that_stops_early_returns_the_complete_state_of_its_last_good_step(morse, monkeypatch):

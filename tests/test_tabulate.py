@@ -129,16 +129,39 @@ def test_tabulated_module_runs_in_the_compiled_force_loops(modules, frames):
         np.testing.assert_allclose(result.atom_loss_ev, loss, rtol=0, atol=1e-10)
 
 
-def test_pair_tables_are_in_r_squared_and_agree_with_the_law_of_r(modules):
-    """Pair laws are looked up by r² (no square root in the passes), bonded laws by r; the r² kernel is
-    the module's pair law at r² = r·r, bit for bit, in the table, the core and beyond the cutoff."""
-    _, tabulated = modules["molecular"]
+def test_pair_tables_are_in_r_squared_and_the_r_squared_law_is_the_closed_form(modules):
+    """Pair laws are looked up by r² (no square root in the passes), bonded laws by r. The r² kernel is
+    the closed form bit for bit below the table and at and beyond the cutoff, and within the force
+    tolerance inside the table."""
+    closed, tabulated = modules["molecular"]
     squared = {t.name: t.squared for t in tabulated.PAIR_TABLES}
     assert squared == {"OO": True, "OH": True, "HH": True, "OH_intra": False, "HH_intra": False}
     rng = np.random.default_rng(7)
+    rc = tabulated.CUTOFF_ANGSTROM
     for a, b in ((0, 0), (0, 1), (1, 0), (1, 1)):
-        for r in np.append(rng.uniform(0.6, 1.1 * tabulated.CUTOFF_ANGSTROM, 200), tabulated.CUTOFF_ANGSTROM):
-            assert tabulated.pair_energy_force_r2(a, b, r * r) == tabulated.pair_energy_force(a, b, r)
+        table = tabulated.PAIR_TABLES[a + b]
+        for r in np.append(rng.uniform(0.6, table.inner_angstrom, 50), [rc, np.nextafter(rc, np.inf), 1.3 * rc]):
+            assert tabulated.pair_energy_force_r2(a, b, r * r) == closed.pair_energy_force(a, b, r)
+        r = rng.uniform(table.inner_angstrom, rc, 400)
+        got = np.array([tabulated.pair_energy_force_r2(a, b, x * x) for x in r])
+        want = np.array([closed.pair_energy_force(a, b, x) for x in r])
+        assert np.max(np.abs(got[:, 1] - want[:, 1]) * r) <= tabulate.DEFAULT_FORCE_TOLERANCE_EV_PER_ANGSTROM
+        assert np.max(np.abs(got[:, 0] - want[:, 0])) <= 1e-9
+
+
+def test_tabulated_molecular_module_runs_in_the_compiled_force_loops(modules, frames):
+    """The bonded pass takes off the r² pair law the neighbour pass put on each intramolecular pair."""
+    _, tabulated = modules["molecular"]
+    types, box, positions = frames
+    bond = topology.bond_cutoff_matrix(tabulated.BOND_CUTOFF_ANGSTROM, len(tabulated.SPECIES))
+    molecules = topology.assign_molecules(positions[0], box, types, bond)
+    force_fn = energy.make_force_fn(tabulated, types, box, molecules=molecules)
+    for x in positions[:3]:
+        _, result = force_fn(x)
+        e, f, loss = tabulated.energy_forces(x, types, box, molecules)
+        assert result.energy_ev == pytest.approx(e, rel=1e-12)
+        np.testing.assert_allclose(result.forces_ev_per_angstrom, f, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(result.atom_loss_ev, loss, rtol=0, atol=1e-10)
 
 
 def test_force_loops_call_the_law_of_r_squared_where_a_module_has_one(modules, frames):
@@ -176,6 +199,8 @@ def test_the_r_squared_force_is_minus_twice_the_slope_of_the_energy_in_r_squared
         u_minus = np.array([coarse_pairwise.pair_energy_force_r2(a, b, x - step)[0] for x in s])
         force_over_r = np.array([coarse_pairwise.pair_energy_force_r2(a, b, x)[1] for x in s])
         np.testing.assert_allclose(force_over_r, -2.0 * (u_plus - u_minus) / (2 * step), rtol=0, atol=1e-8)
+        closed = np.array([coarse_pairwise.SOURCE_KERNEL_MODULE.pair_energy_force(a, b, math.sqrt(x))[1] for x in s])
+        assert np.max(np.abs(closed - force_over_r)) > 1e-7  # the claim is the table's, not the closed form's
 
 
 def test_tables_start_at_the_wall_joints_and_leave_the_core_to_the_closed_form(modules):
@@ -359,7 +384,8 @@ def _law_cut_without_shift(r):
     return u + 0.05 - 0.02 * r, du - 0.02
 
 
-@pytest.mark.parametrize("cutoff", [4.0, 4.5])  # at 4.5 Å, √ of the float below 4.5² rounds to 4.5 itself
+# at 4.5 Å, √ of the float below 4.5·4.5 rounds to 4.5 itself; at 6.692801 Å, 6.692801**2 exceeds 6.692801·6.692801
+@pytest.mark.parametrize("cutoff", [4.0, 4.5, 6.692801])
 def test_a_law_cut_without_shift_keeps_its_step_at_the_cutoff(cutoff):
     module = _module(_law_cut_without_shift, cutoff)
     tabulated = tabulate.tabulate_kernel_module(module)
