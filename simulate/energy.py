@@ -103,6 +103,25 @@ def _moment_layout(cos_polynomial) -> tuple:
 
 
 @numba.njit(cache=True)
+def _equal_blocks(layer_start, n_blocks):
+    """(where each of ``n_blocks`` blocks of equal rows starts, whether they keep the rule of row_blocks)."""
+    n_layers = layer_start.shape[0] - 1
+    n_rows = layer_start[n_layers]
+    even = np.empty(n_blocks + 1, dtype=np.int64)
+    for b in range(n_blocks + 1):
+        even[b] = b * n_rows // n_blocks
+    for k in range(n_blocks):
+        if even[k + 1] <= even[k]:
+            return even, False
+        last_layer = np.searchsorted(layer_start, even[k + 1] - 1, side="right") - 1
+        later = (k + 2) % n_blocks
+        first_layer = np.searchsorted(layer_start, even[later], side="right") - 1 + (n_layers if k + 2 >= n_blocks else 0)
+        if first_layer < last_layer + 2:
+            return even, False
+    return even, True
+
+
+@numba.njit(cache=True)
 def row_blocks(layer_start):
     """Where each block of the half-list pair pass starts, in rows (cell order), and where the last ends.
 
@@ -112,32 +131,27 @@ def row_blocks(layer_start):
     a whole layer, and no two blocks of a phase write the same atom. There are 2K ≤ n_layers blocks,
     K a power of two (at most 64). They hold equal numbers of rows where that keeps the rule: with 7
     layers, four blocks of 1¾ layers, so that both phases split evenly between two threads, where
-    blocks of whole layers (1, 2, 2, 2) would leave one thread a layer to do alone. Elsewhere they
-    are whole layers, as even as whole layers go.
+    blocks of whole layers (1, 2, 2, 2) would leave one thread a layer to do alone. Where 2K equal
+    blocks break the rule, K equal blocks (of two layers or more) are taken if there are at least four:
+    with 13 layers, four blocks of 3¼ layers, where eight of whole layers (1, 2, 1, 2, 2, 1, 2, 2) would
+    give the two threads 2 and 4 layers in the first phase (a 2-thread pass 1.62× faster than one thread
+    at 49,152 atoms, against 1.8× at 20,736 and 96,000). Elsewhere they are whole layers, as even as
+    whole layers go.
     """
     n_layers = layer_start.shape[0] - 1
-    n_rows = layer_start[n_layers]
     n_blocks = 1
     if n_layers >= 2:
         n_blocks = 2
         while 2 * n_blocks <= n_layers and n_blocks < 128:
             n_blocks *= 2
-    even = np.empty(n_blocks + 1, dtype=np.int64)
-    for b in range(n_blocks + 1):
-        even[b] = b * n_rows // n_blocks
-    valid = n_blocks >= 4
-    for k in range(n_blocks):
-        if not valid:
-            break
-        if even[k + 1] <= even[k]:
-            valid = False
-            break
-        last_layer = np.searchsorted(layer_start, even[k + 1] - 1, side="right") - 1
-        later = (k + 2) % n_blocks
-        first_layer = np.searchsorted(layer_start, even[later], side="right") - 1 + (n_layers if k + 2 >= n_blocks else 0)
-        valid = first_layer >= last_layer + 2
-    if valid:
-        return even
+    if n_blocks >= 4:
+        even, valid = _equal_blocks(layer_start, n_blocks)
+        if valid:
+            return even
+    if n_blocks >= 8:
+        even, valid = _equal_blocks(layer_start, n_blocks // 2)
+        if valid:
+            return even
     whole = np.empty(n_blocks + 1, dtype=np.int64)
     for b in range(n_blocks + 1):
         whole[b] = layer_start[b * n_layers // n_blocks]

@@ -273,3 +273,10 @@ def test_seven_even_layers_make_four_even_blocks():
     starts = energy.row_blocks(np.arange(8) * 100)
     assert starts.tolist() == [0, 175, 350, 525, 700]
     assert energy.row_blocks(np.arange(6) * 100).tolist() == [0, 100, 200, 300, 500]  # 1¼ layers would break the rule
+
+
+def test_thirteen_even_layers_make_four_even_blocks_not_eight_uneven_ones():
+    # eight blocks of 1⅝ layers break the rule; eight of whole layers (1, 2, 1, 2, 2, 1, 2, 2) would give two
+    # threads 2 and 4 layers in the first phase
+    assert energy.row_blocks(np.arange(14) * 100).tolist() == [0, 325, 650, 975, 1300]
+    assert energy.row_blocks(np.arange(17) * 100).tolist() == list(range(0, 1700, 100))  # sixteen blocks of one layer
