@@ -122,6 +122,28 @@ def _equal_blocks(layer_start, n_blocks):
 
 
 @numba.njit(cache=True)
+def _two_thread_rows(starts):
+    """The rows the busier of two threads does over both phases of blocks ``starts``: each phase's
+    blocks split into two runs of consecutive blocks, as a static parallel loop splits them."""
+    n_blocks = starts.shape[0] - 1
+    total = 0
+    for phase in range(min(n_blocks, 2)):
+        count = (n_blocks - phase + 1) // 2
+        half = (count + 1) // 2
+        first = 0
+        second = 0
+        for q in range(count):
+            block = 2 * q + phase
+            rows = starts[block + 1] - starts[block]
+            if q < half:
+                first += rows
+            else:
+                second += rows
+        total += max(first, second)
+    return total
+
+
+@numba.njit(cache=True)
 def row_blocks(layer_start):
     """Where each block of the half-list pair pass starts, in rows (cell order), and where the last ends.
 
@@ -129,14 +151,16 @@ def row_blocks(layer_start):
     :mod:`simulate.partition`). Blocks k and k + 2 (cyclically) run in the same phase, so block k + 2
     must start at least two layers past the layer of block k's last row: then the block between holds
     a whole layer, and no two blocks of a phase write the same atom. There are 2K ≤ n_layers blocks,
-    K a power of two (at most 64). They hold equal numbers of rows where that keeps the rule: with 7
-    layers, four blocks of 1¾ layers, so that both phases split evenly between two threads, where
-    blocks of whole layers (1, 2, 2, 2) would leave one thread a layer to do alone. Where 2K equal
-    blocks break the rule, K equal blocks (of two layers or more) are taken if there are at least four:
-    with 13 layers, four blocks of 3¼ layers, where eight of whole layers (1, 2, 1, 2, 2, 1, 2, 2) would
-    give the two threads 2 and 4 layers in the first phase (a 2-thread pass 1.62× faster than one thread
-    at 49,152 atoms, against 1.8× at 20,736 and 96,000). Elsewhere they are whole layers, as even as
-    whole layers go.
+    K a power of two (at most 64), or K of them (below). They hold equal numbers of rows where that
+    keeps the rule: with 7 layers, four blocks of 1¾ layers, so that both phases split evenly between
+    two threads, where blocks of whole layers (1, 2, 2, 2) would leave one thread a layer to do alone.
+    Elsewhere they are whole layers, as even as whole layers go, unless those leave one of two threads
+    more than 10 % above half the rows while K ≥ 4 equal blocks (about two layers each, or more) keep
+    the rule: with 13 layers, eight blocks of whole layers (1, 2, 1, 2, 2, 1, 2, 2) give two threads 2
+    and 4 layers in the first phase (a 2-thread pass then ran 1.62× faster than one thread at 49,152
+    atoms, where 10 and 16 layers ran 1.8×), so four blocks of 3¼ layers are taken there. The layout
+    is made for two threads, the machines mld is measured on; it depends on the layers alone, never on
+    the threads, so the sums run in the same order, bit for bit, for any number of them.
     """
     n_layers = layer_start.shape[0] - 1
     n_blocks = 1
@@ -148,13 +172,13 @@ def row_blocks(layer_start):
         even, valid = _equal_blocks(layer_start, n_blocks)
         if valid:
             return even
-    if n_blocks >= 8:
-        even, valid = _equal_blocks(layer_start, n_blocks // 2)
-        if valid:
-            return even
     whole = np.empty(n_blocks + 1, dtype=np.int64)
     for b in range(n_blocks + 1):
         whole[b] = layer_start[b * n_layers // n_blocks]
+    if n_blocks >= 8:
+        even, valid = _equal_blocks(layer_start, n_blocks // 2)
+        if valid and 10 * _two_thread_rows(whole) > 11 * _two_thread_rows(even):
+            return even
     return whole
 
 

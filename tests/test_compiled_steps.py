@@ -241,9 +241,35 @@ def test_kicks_and_drift_on_threads_or_not_give_the_same_steps_bit_for_bit(morse
         state, done, _ = nve.run(nve.init(positions, velocities, masses), 30, np.inf, 0.0)
         assert done == 30
         states.append(state)
-    assert integrate._KICK[0].signatures and integrate._KICK[1].signatures  # both compilations ran
+    # a block of its own for each: the cache tells them apart
+    loops = energy.force_loops(morse)
+    assert {key[4] for key in integrate._BLOCKS if key[0] == id(loops) and not key[2]} >= {True, False}
     assert_same_state(*states)
-    assert not integrate.streams_parallel(96)  # a small box's loops are serial whatever the threshold
+    monkeypatch.setattr(integrate, "STREAM_PARALLEL_MIN_ATOMS", 0)
+    assert not integrate.streams_parallel(96)  # a box too small for the parallel compilation stays serial
+
+
+def test_four_blocks_of_thirteen_layers_give_the_same_forces_bit_for_bit_on_any_thread_count(morse):
+    """13 x-layers: the pair pass runs four blocks of equal rows (see energy.row_blocks), not whole layers."""
+    types, positions, box = replicated_water(morse, (7, 2, 2))  # 2,688 atoms
+    nl = partition.neighbor_list(positions, box, morse.CUTOFF_ANGSTROM, 0.8, half=True)
+    assert nl.cells_per_side[0] == 13
+    blocks = energy.row_blocks(nl.layer_start)
+    assert len(blocks) - 1 == 4 and len(set(np.diff(blocks).tolist())) == 1
+    for kernel in (morse, tabulate.tabulate_kernel_module(morse)):
+        loops = energy.force_loops(kernel)
+        work = energy.workspace(loops, len(positions), box)
+        args = (positions, types, box, nl.neighbors, nl.counts, nl.order, nl.layer_start, nl.image,
+                nl.wrap_angstrom, loops.cutoff_angstrom, 0.0, work)
+        serial = loops.half[0](*args)
+        threads = numba.get_num_threads()
+        try:
+            for count in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+                numba.set_num_threads(count)
+                for parallel in (loops.half[1](*args), loops.half_forces_only[1](*args)):
+                    assert np.array_equal(serial[0], parallel[0])
+        finally:
+            numba.set_num_threads(threads)
 
 
 def test_a_block_that_stops_early_returns_the_complete_state_of_its_last_good_step(morse, monkeypatch):

@@ -280,3 +280,6 @@ def test_thirteen_even_layers_make_four_even_blocks_not_eight_uneven_ones():
     # threads 2 and 4 layers in the first phase
     assert energy.row_blocks(np.arange(14) * 100).tolist() == [0, 325, 650, 975, 1300]
     assert energy.row_blocks(np.arange(17) * 100).tolist() == list(range(0, 1700, 100))  # sixteen blocks of one layer
+    # ten layers: eight blocks of whole layers already split both phases evenly between two threads, and keep
+    # four blocks a phase for more threads
+    assert energy.row_blocks(np.arange(11) * 100).tolist() == [0, 100, 200, 300, 500, 600, 700, 800, 1000]
