@@ -425,6 +425,12 @@ def contended(row: dict) -> bool:
     return free < row["cores"] - 0.5
 
 
+def _ratio_list(compared: list[dict]) -> str:
+    """"0.72 (6144, 1c), …": each row's mld/LAMMPS ratio, atoms and cores, ⚠ where other work shared the cores."""
+    return ", ".join(f"{r['ratio_mld_over_lammps']:.2f} ({r['atoms']}, {r['cores']}c{', ⚠' if contended(r) else ''})"
+                     for r in compared)
+
+
 def markdown(rows: list[dict], compared: list[dict], cp2k: dict | None, meta: dict) -> str:
     lines = [
         "# MD engine speed: mld vs LAMMPS (`benchmarks/bench_simulate.py`)",
@@ -490,20 +496,18 @@ def markdown(rows: list[dict], compared: list[dict], cp2k: dict | None, meta: di
         if clean:
             worst = max(clean, key=lambda r: r["ratio_mld_over_lammps"])
             met = all(r["ratio_mld_over_lammps"] <= TARGET_RATIO for r in clean)
+            beyond = f" Outside that range: {_ratio_list(outside)}." if outside else ""
             lines += [
                 (f"**Verdict vs target (mld/LAMMPS ≤ {TARGET_RATIO:.1f} at {TARGET_ATOMS[0]:,}–{TARGET_ATOMS[1]:,} "
                  f"atoms), {model}, rows without ⚠:** {'met' if met else 'NOT met'} — worst ratio "
                  f"{worst['ratio_mld_over_lammps']:.2f} at {worst['atoms']} atoms on {worst['cores']} core(s); ratios "
-                 + ", ".join(f"{r['ratio_mld_over_lammps']:.2f} ({r['atoms']}, {r['cores']}c)" for r in clean) + "."
-                 + (" Outside that range: " + ", ".join(
-                     f"{r['ratio_mld_over_lammps']:.2f} ({r['atoms']}, {r['cores']}c{', ⚠' if contended(r) else ''})"
-                     for r in outside) + "." if outside else "")),
+                 f"{_ratio_list(clean)}.{beyond}"),
                 "",
             ]
         skipped = sorted({r["cores"] for r in window if contended(r)})
         if skipped:
-            lines += [f"Not judged for {model}: the {', '.join(map(str, skipped))}-core rows marked ⚠ (too few free "
-                      "cores).", ""]
+            lines += [(f"Not judged for {model}: the {', '.join(map(str, skipped))}-core rows marked ⚠ (too few free "
+                       "cores)."), ""]
     learned = learned_costs(rows)
     if learned:
         lines += [

@@ -27,8 +27,8 @@ Optional, for speed:
     ``@numba.njit`` scalar: the same law as ``pair_energy_force``, of the squared distance ``r2``
     (Å²). The pair passes of the simulator call it where it exists, and take no square root per pair.
     ``pair_energy_force(type_i, type_j, r)`` must equal it at ``r2 = r * r`` (checked at sample
-    distances, to 10⁻¹² of the largest |u| and |force over r| over the samples), and so it returns exactly ``(0.0, 0.0)`` for
-    ``r2 >= CUTOFF_ANGSTROM * CUTOFF_ANGSTROM``. Tabulated modules (``simulate.tabulate``) have it.
+    distances, to 10⁻¹² of the largest |u| and |force over r| over the samples), and so it returns
+    exactly ``(0.0, 0.0)`` for ``r2 >= CUTOFF_ANGSTROM * CUTOFF_ANGSTROM``. Tabulated modules (``simulate.tabulate``) have it.
 
 Optional, for many-body models:
 

@@ -3,8 +3,8 @@
 A learned pair law costs what its formula costs: ``r**-5.55``, Gaussians, shifted-force terms. A
 table costs the same for every law. :func:`tabulate_kernel_module` takes any kernel module (the
 contract of :mod:`simulate.kernels`) and returns one whose ``pair_energy_force`` and
-``pair_energy_force_r2`` (and, for a molecular model, ``intra_pair_energy_force``) look the law up; every other name passes through,
-so the result runs wherever a generated module runs (the compiled loops of :mod:`simulate.energy`,
+``pair_energy_force_r2`` (and, for a molecular model, ``intra_pair_energy_force``) look the law up;
+every other name passes through, so the result runs wherever a generated module runs (the compiled loops of :mod:`simulate.energy`,
 the blocks of :mod:`simulate.integrate`, :func:`simulate.md.simulate`).
 
 **Exactly conservative.** On a uniform grid in x (r for a bonded law or a triplet leg, r² for a
@@ -52,8 +52,8 @@ O(N³) reference use it), so the tabulated module meets the separable identity R
 tables' accuracy, not to rounding.
 
 **Cheap lookup.** One subtraction and multiply, a truncation, two Horner polynomials (five FMAs
-each; the forces-only pass drops the energy's) on one row of coefficients padded to 64 bytes; the species pair selects the law's offset into one
-coefficient array. The arrays are closed over by ``numba.njit`` functions, so Numba freezes them
+each; the forces-only pass drops the energy's) on one row of coefficients padded to 64 bytes; the
+species pair selects the law's offset into one coefficient array. The arrays are closed over by ``numba.njit`` functions, so Numba freezes them
 into the compiled code as constants and the hot path holds no Python objects.
 """
 
@@ -264,9 +264,15 @@ class _SquaredLaw(NamedTuple):
     """
 
     law: object  # a _Law
-    name: str
-    bonded: bool
     below_outer_angstrom: float  # the largest r the law is asked at: the float below the table's outer end
+
+    @property
+    def name(self) -> str:
+        return self.law.name
+
+    @property
+    def bonded(self) -> bool:
+        return self.law.bonded
 
     def __call__(self, s) -> tuple[np.ndarray, np.ndarray]:
         r = np.minimum(np.sqrt(np.atleast_1d(np.asarray(s, dtype=float))), self.below_outer_angstrom)
@@ -444,7 +450,7 @@ def tabulate_law(law, inner: float, outer: float, force_tolerance_ev_per_angstro
     name = law.name
     cells = max(4, math.ceil(4 * (outer - inner)))
     if squared:
-        law = _SquaredLaw(law, law.name, law.bonded, float(np.nextafter(outer, -np.inf)))
+        law = _SquaredLaw(law, float(np.nextafter(outer, -np.inf)))
         inner_angstrom, outer_angstrom = inner, outer
         inner, outer = _grid(inner, outer, True)
     # per pair, eV: the force tolerance times 0.1 Å. A quintic cell's energy error is ~h/20 of its
