@@ -69,6 +69,13 @@ class ForceResult(NamedTuple):
     nearest_angstrom: np.ndarray  # (N,) distance to the nearest atom within the cutoff (inf if none)
 
 
+# The force loops let LLVM fuse a multiply and an add into one FMA (the ``contract`` flag alone of
+# fastmath: no reassociation, no assumption of finite values). The passes are bound by floating-point
+# arithmetic per pair (Horner steps, force sums); fused, the pair pass of the learned water takes 5–8 %
+# less time (tabulated; 96 and 6,144 atoms) and the tabulated many-body pass 12 % less. A fused result
+# differs from the unfused one in its last bits, and every pass, serial or parallel, full or
+# forces-only, is compiled with the same flag, so they agree with each other bit for bit.
+CONTRACT = {"contract"}
 TRIPLET_CHUNK = 32  # centres per parallel task of the three-body pass
 
 
@@ -188,8 +195,8 @@ def _inlined(kernel):
     LLVM leaves a kernel of a few exponentials or a table lookup as a call, whose tuple result goes
     through memory; inlined, it is 12–20 % less time per pair (measured on the Morse, learned and
     tabulated water kernels), with the same numbers bit for bit. Inlined code compiles under the
-    loop's options, so a hand-written kernel's own ``fastmath`` or ``error_model`` does not apply
-    (generated kernels set none).
+    loop's options (FMA contraction, see CONTRACT), so a hand-written kernel's own ``fastmath`` or
+    ``error_model`` does not apply (generated kernels set none).
     """
     py_func = getattr(kernel, "py_func", None)
     return numba.njit(inline="always")(py_func) if py_func is not None else kernel
@@ -242,232 +249,33 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
     bonded = topology.make_bonded_loop(intra_pair_energy_force if with_bonds else _no_pair, pair_energy_force)
 
     @numba.njit(inline="always")
-    def file_triplet_pair(i, j, dx, dy, dz, r, nb3, rev3, d3, cnt3):
-        """Put the pair (i, j), r < r_3, x_i − x_j = (dx, dy, dz), into both short rows.
-
-        A row keeps the unit vector from its atom to the other, r and 1/r: the triplet loop then
-        needs no division.
-        """
-        a = cnt3[i]
-        b = cnt3[j]
-        if a < nb3.shape[1] and b < nb3.shape[1]:
-            inv_r = 1.0 / r
-            ux = dx * inv_r
-            uy = dy * inv_r
-            uz = dz * inv_r
-            nb3[i, a] = j
-            rev3[i, a] = b
-            d3[i, a, 0] = -ux
-            d3[i, a, 1] = -uy
-            d3[i, a, 2] = -uz
-            d3[i, a, 3] = r
-            d3[i, a, 4] = inv_r
-            nb3[j, b] = i
-            rev3[j, b] = a
-            d3[j, b, 0] = ux
-            d3[j, b, 1] = uy
-            d3[j, b, 2] = uz
-            d3[j, b, 3] = r
-            d3[j, b, 4] = inv_r
-        cnt3[i] = a + 1
-        cnt3[j] = b + 1
-
-    @numba.njit(inline="always")
-    def triplet_centre(k, types, nb3, d3, cnt3, grad3, forces, loss, virial, perm):
-        """Every triplet j–k–l of centre k; returns their energy. Writes to k and k's short row only.
-
-        With unit vectors û_j = d_kj/r_kj, ∂cosθ/∂x_j = (û_l − cosθ û_j)/r_kj, so the gradient of w
-        on j is (∂w/∂r_kj − ∂w/∂cosθ cosθ/r_kj) û_j + ∂w/∂cosθ/r_kj û_l, alike for l; it goes to
-        grad3[k, slot of j], and the centre takes minus the sum (translation invariance). Its share
-        of Σ r·F is −(r_kj ∂w/∂r_kj + r_kl ∂w/∂r_kl): the cos θ terms cancel. The
-        neighbours are visited in order of species (``perm``, a stable sort of the slots), so the
-        kernel's branches on the species go the same way many times running.
-        """
-        m = cnt3[k]
-        tk = types[k]
-        for a in range(m):
-            grad3[k, a, 0] = 0.0
-            grad3[k, a, 1] = 0.0
-            grad3[k, a, 2] = 0.0
-            # insertion sort by species: m is a dozen or so
-            t = types[nb3[k, a]]
-            b = a
-            while b > 0 and types[nb3[k, perm[b - 1]]] > t:
-                perm[b] = perm[b - 1]
-                b -= 1
-            perm[b] = a
-        e = 0.0
-        wv = 0.0
-        for a in range(m):
-            sa = perm[a]
-            tj = types[nb3[k, sa]]
-            ax, ay, az, r1, ir1 = d3[k, sa, 0], d3[k, sa, 1], d3[k, sa, 2], d3[k, sa, 3], d3[k, sa, 4]
-            gjx = 0.0
-            gjy = 0.0
-            gjz = 0.0
-            for b in range(a + 1, m):
-                sb = perm[b]
-                bx, by, bz, r2, ir2 = d3[k, sb, 0], d3[k, sb, 1], d3[k, sb, 2], d3[k, sb, 3], d3[k, sb, 4]
-                cos = ax * bx + ay * by + az * bz
-                w, g1, g2, gc = triplet(tk, tj, types[nb3[k, sb]], r1, r2, cos)
-                e += w
-                hj = gc * ir1
-                hl = gc * ir2
-                cj = g1 - hj * cos
-                cl = g2 - hl * cos
-                ux = cj * ax + hj * bx
-                uy = cj * ay + hj * by
-                uz = cj * az + hj * bz
-                vx = cl * bx + hl * ax
-                vy = cl * by + hl * ay
-                vz = cl * bz + hl * az
-                gjx += ux
-                gjy += uy
-                gjz += uz
-                grad3[k, sb, 0] += vx
-                grad3[k, sb, 1] += vy
-                grad3[k, sb, 2] += vz
-                wv -= r1 * g1 + r2 * g2
-            grad3[k, sa, 0] += gjx
-            grad3[k, sa, 1] += gjy
-            grad3[k, sa, 2] += gjz
-        fx = 0.0
-        fy = 0.0
-        fz = 0.0
-        for a in range(m):
-            fx += grad3[k, a, 0]
-            fy += grad3[k, a, 1]
-            fz += grad3[k, a, 2]
-        forces[k, 0] += fx
-        forces[k, 1] += fy
-        forces[k, 2] += fz
-        loss[k] += e
-        virial[k] += wv
-        return e
-
-    @numba.njit(inline="always")
-    def moment_centre(k, types, nb3, d3, cnt3, grad3, forces, loss, virial, vp, rad, drad, moments, adjoint, diag):
-        """Every triplet j–k–l of centre k by moments; returns their energy. Writes to k and k's short row only.
-
-        For a separable law w = R(r_kj) R(r_kl) Σ_n p_n (û_j·û_l)^n, with (û_j·û_l)^n = ⟨û_j^⊗n, û_l^⊗n⟩,
-        the sum over pairs of neighbours of species b and c is Σ_n p_n ⟨T_b|c^n, T_c|b^n⟩, where
-        T_b|c^n = Σ_{j of species b} R_b|c(r_kj) û_j^⊗n is a moment of the neighbours (R_b|c: the leg
-        to a b neighbour when the other is a c); for b = c, half of it less the j = l terms, Σ_j R_j².
-        So a centre costs O(M) in its M neighbours, not O(M²): the moment (linear-scaling) expansion of
-        Shapeev's moment tensor potentials (2016, Multiscale Model. Simul. 14, 1153) and Drautz's
-        ACE (2019, Phys. Rev. B 99, 014104), exact here because the law is a product. The gradient
-        on neighbour j is (∂E/∂r_j) û_j + (I − û_j û_jᵀ) ∂E/∂û_j / r_j, with ∂E/∂T_b|c = p T_c|b
-        (``adjoint``); the centre takes minus the sum, and Σ r·F is −Σ_j r_j ∂E/∂r_j.
-        """
-        m = cnt3[k]
-        tk = types[k]
-        for b in range(n_species):
-            diag[b] = 0.0
-            for c in range(n_species):
-                for q in range(n_components):
-                    moments[b, c, q] = 0.0
-        for a in range(m):
-            tj = types[nb3[k, a]]
-            r = d3[k, a, 3]
-            # û^⊗n, n ≤ degree, flattened: [1, û (3), û⊗û (9), û⊗û⊗û (27)]
-            vp[a, 0] = 1.0
-            if degree >= 1:
-                for i in range(3):
-                    vp[a, 1 + i] = d3[k, a, i]
-            if degree >= 2:
-                for i in range(3):
-                    for j in range(3):
-                        vp[a, 4 + 3 * i + j] = vp[a, 1 + i] * vp[a, 1 + j]
-            if degree >= 3:
-                for i in range(9):
-                    for j in range(3):
-                        vp[a, 13 + 3 * i + j] = vp[a, 4 + i] * vp[a, 1 + j]
-            for c in range(n_species):
-                big_r, d_r = radial(tk, tj, c, r)
-                rad[a, c] = big_r
-                drad[a, c] = d_r
-                for q in range(n_components):
-                    moments[tj, c, q] += big_r * vp[a, q]
-            diag[tj] += rad[a, tj] * rad[a, tj]
-        e = 0.0
-        for b in range(n_species):
-            for c in range(n_species):
-                for q in range(n_components):
-                    g = poly[tk, b, c, power_of[q]] * moments[c, b, q]
-                    adjoint[b, c, q] = g
-                    e += 0.5 * g * moments[b, c, q]
-            e -= 0.5 * poly_same[tk, b] * diag[b]
-        fx = 0.0
-        fy = 0.0
-        fz = 0.0
-        wv = 0.0
-        for a in range(m):
-            tj = types[nb3[k, a]]
-            ux, uy, uz, r, inv_r = d3[k, a, 0], d3[k, a, 1], d3[k, a, 2], d3[k, a, 3], d3[k, a, 4]
-            de_dr = 0.0
-            hx = 0.0
-            hy = 0.0
-            hz = 0.0
-            for c in range(n_species):
-                big_r = rad[a, c]
-                # ⟨G^n, û^⊗n⟩ and its û-gradient n G^n·û^⊗(n−1) (G^n is symmetric), sharing t = G²·û
-                # and q = G³:û⊗û: s = G⁰ + G¹·û + t·û + q·û, h = R (G¹ + 2t + 3q)
-                s = adjoint[tj, c, 0]
-                h0 = 0.0
-                h1 = 0.0
-                h2 = 0.0
-                if degree >= 1:
-                    h0 = adjoint[tj, c, 1]
-                    h1 = adjoint[tj, c, 2]
-                    h2 = adjoint[tj, c, 3]
-                    s += h0 * ux + h1 * uy + h2 * uz
-                if degree >= 2:
-                    t0 = adjoint[tj, c, 4] * ux + adjoint[tj, c, 5] * uy + adjoint[tj, c, 6] * uz
-                    t1 = adjoint[tj, c, 7] * ux + adjoint[tj, c, 8] * uy + adjoint[tj, c, 9] * uz
-                    t2 = adjoint[tj, c, 10] * ux + adjoint[tj, c, 11] * uy + adjoint[tj, c, 12] * uz
-                    s += t0 * ux + t1 * uy + t2 * uz
-                    h0 += 2.0 * t0
-                    h1 += 2.0 * t1
-                    h2 += 2.0 * t2
-                if degree >= 3:
-                    q0 = 0.0
-                    q1 = 0.0
-                    q2 = 0.0
-                    for j in range(9):
-                        q0 += adjoint[tj, c, 13 + j] * vp[a, 4 + j]
-                        q1 += adjoint[tj, c, 22 + j] * vp[a, 4 + j]
-                        q2 += adjoint[tj, c, 31 + j] * vp[a, 4 + j]
-                    s += q0 * ux + q1 * uy + q2 * uz
-                    h0 += 3.0 * q0
-                    h1 += 3.0 * q1
-                    h2 += 3.0 * q2
-                if c == tj:
-                    s -= poly_same[tk, tj] * big_r
-                de_dr += s * drad[a, c]
-                hx += big_r * h0
-                hy += big_r * h1
-                hz += big_r * h2
-            hu = hx * ux + hy * uy + hz * uz
-            gx = de_dr * ux + (hx - hu * ux) * inv_r
-            gy = de_dr * uy + (hy - hu * uy) * inv_r
-            gz = de_dr * uz + (hz - hu * uz) * inv_r
-            grad3[k, a, 0] = gx
-            grad3[k, a, 1] = gy
-            grad3[k, a, 2] = gz
-            fx += gx
-            fy += gy
-            fz += gz
-            wv -= r * de_dr
-        forces[k, 0] += fx
-        forces[k, 1] += fy
-        forces[k, 2] += fz
-        loss[k] += e
-        virial[k] += wv
-        return e
-
-    @numba.njit(inline="always")
     def centre_chunk(chunk, n, types, nb3, d3, cnt3, grad3, forces, loss, virial, energy3):
-        """The centres of one parallel task of the three-body pass, with their scratch rows."""
+        """The centres of one parallel task of the three-body pass, with their scratch rows; each centre k
+        writes to k and k's short row only, and its energy to ``energy3[k]``.
+
+        By moments (a separable law, ``with_moments``): for w = R(r_kj) R(r_kl) Σ_n p_n (û_j·û_l)^n,
+        with (û_j·û_l)^n = ⟨û_j^⊗n, û_l^⊗n⟩, the sum over pairs of neighbours of species b and c is
+        Σ_n p_n ⟨T_b|c^n, T_c|b^n⟩, where T_b|c^n = Σ_{j of species b} R_b|c(r_kj) û_j^⊗n is a moment
+        of the neighbours (R_b|c: the leg to a b neighbour when the other is a c); for b = c, half of
+        it less the j = l terms, Σ_j R_j². So a centre costs O(M) in its M neighbours, not O(M²): the
+        moment (linear-scaling) expansion of Shapeev's moment tensor potentials (2016, Multiscale
+        Model. Simul. 14, 1153) and Drautz's ACE (2019, Phys. Rev. B 99, 014104), exact here because
+        the law is a product. The gradient on neighbour j is (∂E/∂r_j) û_j + (I − û_j û_jᵀ) ∂E/∂û_j / r_j,
+        with ∂E/∂T_b|c = p T_c|b (``adjoint``); the centre takes minus the sum, and Σ r·F is
+        −Σ_j r_j ∂E/∂r_j.
+
+        Otherwise triplet by triplet: with unit vectors û_j = d_kj/r_kj, ∂cosθ/∂x_j = (û_l − cosθ û_j)/r_kj,
+        so the gradient of w on j is (∂w/∂r_kj − ∂w/∂cosθ cosθ/r_kj) û_j + ∂w/∂cosθ/r_kj û_l, alike for
+        l; it goes to grad3[k, slot of j], and the centre takes minus the sum (translation invariance).
+        Its share of Σ r·F is −(r_kj ∂w/∂r_kj + r_kl ∂w/∂r_kl): the cos θ terms cancel. The neighbours
+        are visited in order of species (``perm``, a stable sort of the slots), so the kernel's branches
+        on the species go the same way many times running.
+
+        A centre's work is written out here, not in a function of its own: an inlined function with
+        array arguments costs reference-count updates (atomic instructions) on every call, which
+        Numba's pruning leaves in place around loops and calls; per centre that was 8–10 % of the
+        tabulated many-body pass (768 atoms).
+        """
         first = chunk * TRIPLET_CHUNK
         last = min(n, first + TRIPLET_CHUNK)
         rows = nb3.shape[1]
@@ -479,12 +287,175 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
             adjoint = np.empty((n_species, n_species, n_components))
             diag = np.empty(n_species)
             for k in range(first, last):
-                energy3[k] = moment_centre(k, types, nb3, d3, cnt3, grad3, forces, loss, virial, vp, rad, drad,
-                                           moments, adjoint, diag)
+                m = cnt3[k]
+                tk = types[k]
+                for b in range(n_species):
+                    diag[b] = 0.0
+                    for c in range(n_species):
+                        for q in range(n_components):
+                            moments[b, c, q] = 0.0
+                for a in range(m):
+                    tj = types[nb3[k, a]]
+                    r = d3[k, a, 3]
+                    # û^⊗n, n ≤ degree, flattened: [1, û (3), û⊗û (9), û⊗û⊗û (27)]
+                    vp[a, 0] = 1.0
+                    if degree >= 1:
+                        for i in range(3):
+                            vp[a, 1 + i] = d3[k, a, i]
+                    if degree >= 2:
+                        for i in range(3):
+                            for j in range(3):
+                                vp[a, 4 + 3 * i + j] = vp[a, 1 + i] * vp[a, 1 + j]
+                    if degree >= 3:
+                        for i in range(9):
+                            for j in range(3):
+                                vp[a, 13 + 3 * i + j] = vp[a, 4 + i] * vp[a, 1 + j]
+                    for c in range(n_species):
+                        big_r, d_r = radial(tk, tj, c, r)
+                        rad[a, c] = big_r
+                        drad[a, c] = d_r
+                        for q in range(n_components):
+                            moments[tj, c, q] += big_r * vp[a, q]
+                    diag[tj] += rad[a, tj] * rad[a, tj]
+                e = 0.0
+                for b in range(n_species):
+                    for c in range(n_species):
+                        for q in range(n_components):
+                            g = poly[tk, b, c, power_of[q]] * moments[c, b, q]
+                            adjoint[b, c, q] = g
+                            e += 0.5 * g * moments[b, c, q]
+                    e -= 0.5 * poly_same[tk, b] * diag[b]
+                fx = 0.0
+                fy = 0.0
+                fz = 0.0
+                wv = 0.0
+                for a in range(m):
+                    tj = types[nb3[k, a]]
+                    ux, uy, uz, r, inv_r = d3[k, a, 0], d3[k, a, 1], d3[k, a, 2], d3[k, a, 3], d3[k, a, 4]
+                    de_dr = 0.0
+                    hx = 0.0
+                    hy = 0.0
+                    hz = 0.0
+                    for c in range(n_species):
+                        big_r = rad[a, c]
+                        # ⟨G^n, û^⊗n⟩ and its û-gradient n G^n·û^⊗(n−1) (G^n is symmetric), sharing t = G²·û
+                        # and q = G³:û⊗û: s = G⁰ + G¹·û + t·û + q·û, h = R (G¹ + 2t + 3q)
+                        s = adjoint[tj, c, 0]
+                        h0 = 0.0
+                        h1 = 0.0
+                        h2 = 0.0
+                        if degree >= 1:
+                            h0 = adjoint[tj, c, 1]
+                            h1 = adjoint[tj, c, 2]
+                            h2 = adjoint[tj, c, 3]
+                            s += h0 * ux + h1 * uy + h2 * uz
+                        if degree >= 2:
+                            t0 = adjoint[tj, c, 4] * ux + adjoint[tj, c, 5] * uy + adjoint[tj, c, 6] * uz
+                            t1 = adjoint[tj, c, 7] * ux + adjoint[tj, c, 8] * uy + adjoint[tj, c, 9] * uz
+                            t2 = adjoint[tj, c, 10] * ux + adjoint[tj, c, 11] * uy + adjoint[tj, c, 12] * uz
+                            s += t0 * ux + t1 * uy + t2 * uz
+                            h0 += 2.0 * t0
+                            h1 += 2.0 * t1
+                            h2 += 2.0 * t2
+                        if degree >= 3:
+                            q0 = 0.0
+                            q1 = 0.0
+                            q2 = 0.0
+                            for j in range(9):
+                                q0 += adjoint[tj, c, 13 + j] * vp[a, 4 + j]
+                                q1 += adjoint[tj, c, 22 + j] * vp[a, 4 + j]
+                                q2 += adjoint[tj, c, 31 + j] * vp[a, 4 + j]
+                            s += q0 * ux + q1 * uy + q2 * uz
+                            h0 += 3.0 * q0
+                            h1 += 3.0 * q1
+                            h2 += 3.0 * q2
+                        if c == tj:
+                            s -= poly_same[tk, tj] * big_r
+                        de_dr += s * drad[a, c]
+                        hx += big_r * h0
+                        hy += big_r * h1
+                        hz += big_r * h2
+                    hu = hx * ux + hy * uy + hz * uz
+                    gx = de_dr * ux + (hx - hu * ux) * inv_r
+                    gy = de_dr * uy + (hy - hu * uy) * inv_r
+                    gz = de_dr * uz + (hz - hu * uz) * inv_r
+                    grad3[k, a, 0] = gx
+                    grad3[k, a, 1] = gy
+                    grad3[k, a, 2] = gz
+                    fx += gx
+                    fy += gy
+                    fz += gz
+                    wv -= r * de_dr
+                forces[k, 0] += fx
+                forces[k, 1] += fy
+                forces[k, 2] += fz
+                loss[k] += e
+                virial[k] += wv
+                energy3[k] = e
         else:
             perm = np.empty(rows, dtype=np.int64)
             for k in range(first, last):
-                energy3[k] = triplet_centre(k, types, nb3, d3, cnt3, grad3, forces, loss, virial, perm)
+                m = cnt3[k]
+                tk = types[k]
+                for a in range(m):
+                    grad3[k, a, 0] = 0.0
+                    grad3[k, a, 1] = 0.0
+                    grad3[k, a, 2] = 0.0
+                    # insertion sort by species: m is a dozen or so
+                    t = types[nb3[k, a]]
+                    b = a
+                    while b > 0 and types[nb3[k, perm[b - 1]]] > t:
+                        perm[b] = perm[b - 1]
+                        b -= 1
+                    perm[b] = a
+                e = 0.0
+                wv = 0.0
+                for a in range(m):
+                    sa = perm[a]
+                    tj = types[nb3[k, sa]]
+                    ax, ay, az, r1, ir1 = d3[k, sa, 0], d3[k, sa, 1], d3[k, sa, 2], d3[k, sa, 3], d3[k, sa, 4]
+                    gjx = 0.0
+                    gjy = 0.0
+                    gjz = 0.0
+                    for b in range(a + 1, m):
+                        sb = perm[b]
+                        bx, by, bz, r2, ir2 = d3[k, sb, 0], d3[k, sb, 1], d3[k, sb, 2], d3[k, sb, 3], d3[k, sb, 4]
+                        cos = ax * bx + ay * by + az * bz
+                        w, g1, g2, gc = triplet(tk, tj, types[nb3[k, sb]], r1, r2, cos)
+                        e += w
+                        hj = gc * ir1
+                        hl = gc * ir2
+                        cj = g1 - hj * cos
+                        cl = g2 - hl * cos
+                        ux = cj * ax + hj * bx
+                        uy = cj * ay + hj * by
+                        uz = cj * az + hj * bz
+                        vx = cl * bx + hl * ax
+                        vy = cl * by + hl * ay
+                        vz = cl * bz + hl * az
+                        gjx += ux
+                        gjy += uy
+                        gjz += uz
+                        grad3[k, sb, 0] += vx
+                        grad3[k, sb, 1] += vy
+                        grad3[k, sb, 2] += vz
+                        wv -= r1 * g1 + r2 * g2
+                    grad3[k, sa, 0] += gjx
+                    grad3[k, sa, 1] += gjy
+                    grad3[k, sa, 2] += gjz
+                fx = 0.0
+                fy = 0.0
+                fz = 0.0
+                for a in range(m):
+                    fx += grad3[k, a, 0]
+                    fy += grad3[k, a, 1]
+                    fz += grad3[k, a, 2]
+                forces[k, 0] += fx
+                forces[k, 1] += fy
+                forces[k, 2] += fz
+                loss[k] += e
+                virial[k] += wv
+                energy3[k] = e
 
     @numba.njit(inline="always")
     def gather(p, nb3, rev3, cnt3, grad3, forces):
@@ -505,75 +476,6 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
     def half_loop(with_energy):
         """The half-list force function; without ``with_energy``, its forces-only variant (see above)."""
 
-        @numba.njit(inline="always")
-        def atom_row(i, positions, types, shifts, neighbors, image, counts, rc2, r32, forces, loss, r2min,
-                     near_j, near_d, nb3, rev3, d3, cnt3):
-            """Every pair of half-list row i; returns its Σ r·F. Writes to i and to its row's atoms only.
-
-            Two passes: the first only measures distances and keeps the pairs inside the cutoff,
-            without branching (a pair's cutoff test goes either way at random: a mispredicted
-            branch on every other entry); the second calls the kernel on them. Each pair's
-            displacement subtracts the shift of its image code (see partition.NeighborList).
-
-            Without ``with_energy`` only the forces are scattered to the row's atoms, the energies are
-            not summed (so the compiler drops the kernel's energy arithmetic), and the row keeps its
-            closest pair in ``r2min[i]`` (each pair is in exactly one row), enough for the checks of a
-            step whose energy nobody reads. The forces are summed in the same order either way, so
-            they are the same bit for bit.
-            """
-            xi, yi, zi = positions[i, 0], positions[i, 1], positions[i, 2]
-            ti = types[i]
-            reach2 = max(rc2, r32)
-            m = 0
-            for a in range(counts[i]):
-                # unsigned indices: Numba then skips the wrap-around of negative indices on every access
-                j = np.uint32(neighbors[i, a])
-                c = np.uint8(image[i, a])
-                dx = xi - positions[j, 0] - shifts[c, 0]
-                dy = yi - positions[j, 1] - shifts[c, 1]
-                dz = zi - positions[j, 2] - shifts[c, 2]
-                r2 = dx * dx + dy * dy + dz * dz
-                near_j[m] = j
-                near_d[m, 0] = dx
-                near_d[m, 1] = dy
-                near_d[m, 2] = dz
-                near_d[m, 3] = r2
-                m += r2 < reach2
-            fx = 0.0
-            fy = 0.0
-            fz = 0.0
-            e = 0.0
-            w = 0.0
-            near = r2min[i] if with_energy else np.inf
-            for slot in range(m):
-                j = near_j[slot]
-                dx, dy, dz, r2 = near_d[slot, 0], near_d[slot, 1], near_d[slot, 2], near_d[slot, 3]
-                if with_triplets:
-                    if r2 < r32:
-                        file_triplet_pair(i, j, dx, dy, dz, math.sqrt(r2), nb3, rev3, d3, cnt3)
-                    if r2 >= rc2:
-                        continue
-                u, f = pair_energy_force(ti, types[j], r2)
-                fx += f * dx
-                fy += f * dy
-                fz += f * dz
-                forces[j, 0] -= f * dx
-                forces[j, 1] -= f * dy
-                forces[j, 2] -= f * dz
-                near = min(near, r2)
-                if with_energy:
-                    e += u
-                    loss[j] += u
-                    w += f * r2
-                    r2min[j] = min(r2min[j], r2)
-            forces[i, 0] += fx
-            forces[i, 1] += fy
-            forces[i, 2] += fz
-            if with_energy:
-                loss[i] += e
-            r2min[i] = near
-            return w
-
         def half_list_forces(positions, types, box, neighbors, counts, order, layer_start, image, wrap, cutoff, cutoff3,
                              work):
             # Plain loops throughout but the pranges: in a parallel function an array expression is a
@@ -587,17 +489,30 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
             cell_positions, cell_types, forces, loss, virial, r2min = work[0], work[1], work[2], work[3], work[4], work[5]
             nb3, rev3, d3, grad3, cnt3 = work[6], work[7], work[8], work[9], work[10]
             capacity3 = nb3.shape[1]
+            # a list of no slots is a small box's: every pair, by minimum image (see partition), from
+            # the positions by coordinate (xs, ys, zs) into the displacements of one row (bx, by, bz, br)
+            all_pairs = neighbors.shape[1] == 0
+            by_coordinate = np.empty((7, n if all_pairs else 0))
+            xs, ys, zs = by_coordinate[0], by_coordinate[1], by_coordinate[2]
+            bx, by, bz, br = by_coordinate[3], by_coordinate[4], by_coordinate[5], by_coordinate[6]
+            width = n if all_pairs else neighbors.shape[1]
             for p in range(n):
                 i = order[p]
                 for d in range(3):
                     cell_positions[p, d] = positions[i, d] - wrap[p, d]
                     forces[p, d] = 0.0
+                if all_pairs:
+                    xs[p] = cell_positions[p, 0]
+                    ys[p] = cell_positions[p, 1]
+                    zs[p] = cell_positions[p, 2]
                 cell_types[p] = types[i]
                 if with_energy:
                     loss[p] = 0.0
                     r2min[p] = np.inf
                 cnt3[p] = 0
             shifts = partition.image_shifts_angstrom(box)
+            lx, ly, lz = box[0], box[1], box[2]
+            inverse_lx, inverse_ly, inverse_lz = 1.0 / lx, 1.0 / ly, 1.0 / lz
             rc2 = cutoff * cutoff
             r32 = cutoff3 * cutoff3 if with_triplets else 0.0
             # the rows in 2K consecutive blocks (see row_blocks); the even blocks run in parallel, then
@@ -609,13 +524,125 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
             for phase in range(min(n_blocks, 2)):
                 for b in prange(per_phase):
                     block = 2 * b + phase
-                    near_j = np.empty(neighbors.shape[1], dtype=np.uint32)  # scratch rows, one per block
-                    near_d = np.empty((neighbors.shape[1], 4))
+                    near_j = np.empty(width, dtype=np.uint32)  # scratch rows, one per block
+                    near_d = np.empty((width, 4))
                     first = block_start[block]
                     last = block_start[block + 1]
+                    # every pair of row p: writes to p and to its row's atoms only. Two passes: the first
+                    # only measures distances and keeps the pairs inside the cutoff, without branching
+                    # (a pair's cutoff test goes either way at random: a mispredicted branch on every
+                    # other entry); the second calls the kernel on them. Each pair's displacement
+                    # subtracts the shift of its image code (see partition.NeighborList). Without
+                    # ``with_energy`` only the forces are scattered to the row's atoms, the energies are
+                    # not summed (so the compiler drops the kernel's energy arithmetic), and the row
+                    # keeps its closest pair in ``r2min[p]`` (each pair is in exactly one row), enough
+                    # for the checks of a step whose energy nobody reads; the forces are summed in the
+                    # same order either way, so they are the same bit for bit. The row is written out
+                    # here, not as an inlined function: its array arguments cost reference-count updates
+                    # (atomic instructions) on every row, 10–20 % of the pair pass (see centre_chunk).
                     for p in range(first, last):
-                        w = atom_row(p, cell_positions, cell_types, shifts, neighbors, image, counts, rc2, r32,
-                                     forces, loss, r2min, near_j, near_d, nb3, rev3, d3, cnt3)
+                        xi, yi, zi = cell_positions[p, 0], cell_positions[p, 1], cell_positions[p, 2]
+                        ti = cell_types[p]
+                        reach2 = max(rc2, r32)
+                        m = 0
+                        if all_pairs:
+                            # the displacements to every later atom, in a loop the compiler vectorises
+                            # (unsigned indices: no wrap-around of negative ones, see below), then the
+                            # atoms within reach, then their displacements
+                            for q in range(n - p - 1):
+                                j = np.uint32(p + 1 + q)
+                                dx = xi - xs[j]
+                                dy = yi - ys[j]
+                                dz = zi - zs[j]
+                                dx -= lx * np.rint(dx * inverse_lx)
+                                dy -= ly * np.rint(dy * inverse_ly)
+                                dz -= lz * np.rint(dz * inverse_lz)
+                                bx[j] = dx
+                                by[j] = dy
+                                bz[j] = dz
+                                br[j] = dx * dx + dy * dy + dz * dz
+                            for q in range(n - p - 1):
+                                j = np.uint32(p + 1 + q)
+                                near_j[m] = j
+                                m += br[j] < reach2
+                            for slot in range(m):
+                                j = near_j[slot]
+                                near_d[slot, 0] = bx[j]
+                                near_d[slot, 1] = by[j]
+                                near_d[slot, 2] = bz[j]
+                                near_d[slot, 3] = br[j]
+                        for a in range(counts[p]):
+                            # unsigned indices: Numba then skips the wrap-around of negative indices on every access
+                            j = np.uint32(neighbors[p, a])
+                            c = np.uint8(image[p, a])
+                            dx = xi - cell_positions[j, 0] - shifts[c, 0]
+                            dy = yi - cell_positions[j, 1] - shifts[c, 1]
+                            dz = zi - cell_positions[j, 2] - shifts[c, 2]
+                            r2 = dx * dx + dy * dy + dz * dz
+                            near_j[m] = j
+                            near_d[m, 0] = dx
+                            near_d[m, 1] = dy
+                            near_d[m, 2] = dz
+                            near_d[m, 3] = r2
+                            m += r2 < reach2
+                        fx = 0.0
+                        fy = 0.0
+                        fz = 0.0
+                        e = 0.0
+                        w = 0.0
+                        near = r2min[p] if with_energy else np.inf
+                        for slot in range(m):
+                            j = near_j[slot]
+                            dx, dy, dz, r2 = near_d[slot, 0], near_d[slot, 1], near_d[slot, 2], near_d[slot, 3]
+                            if with_triplets:
+                                if r2 < r32:
+                                    # the pair into both short rows, each with the unit vector from its atom
+                                    # to the other, r and 1/r: the triplet loop then needs no division
+                                    r = math.sqrt(r2)
+                                    ta = cnt3[p]
+                                    tb = cnt3[j]
+                                    if ta < nb3.shape[1] and tb < nb3.shape[1]:
+                                        inv_r = 1.0 / r
+                                        ux = dx * inv_r
+                                        uy = dy * inv_r
+                                        uz = dz * inv_r
+                                        nb3[p, ta] = j
+                                        rev3[p, ta] = tb
+                                        d3[p, ta, 0] = -ux
+                                        d3[p, ta, 1] = -uy
+                                        d3[p, ta, 2] = -uz
+                                        d3[p, ta, 3] = r
+                                        d3[p, ta, 4] = inv_r
+                                        nb3[j, tb] = p
+                                        rev3[j, tb] = ta
+                                        d3[j, tb, 0] = ux
+                                        d3[j, tb, 1] = uy
+                                        d3[j, tb, 2] = uz
+                                        d3[j, tb, 3] = r
+                                        d3[j, tb, 4] = inv_r
+                                    cnt3[p] = ta + 1
+                                    cnt3[j] = tb + 1
+                                if r2 >= rc2:
+                                    continue
+                            u, f = pair_energy_force(ti, cell_types[j], r2)
+                            fx += f * dx
+                            fy += f * dy
+                            fz += f * dz
+                            forces[j, 0] -= f * dx
+                            forces[j, 1] -= f * dy
+                            forces[j, 2] -= f * dz
+                            near = min(near, r2)
+                            if with_energy:
+                                e += u
+                                loss[j] += u
+                                w += f * r2
+                                r2min[j] = min(r2min[j], r2)
+                        forces[p, 0] += fx
+                        forces[p, 1] += fy
+                        forces[p, 2] += fz
+                        if with_energy:
+                            loss[p] += e
+                        r2min[p] = near
                         if with_energy:
                             virial[p] = w
             energy = 0.0
@@ -765,9 +792,9 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
             closest = min(closest, nearest[i])
         return forces, loss, virial, nearest, energy, virial_total, needed3, closest
 
-    return (partition.serial_and_parallel(half_loop(True), cache=False),
-            partition.serial_and_parallel(half_loop(False), cache=False),
-            partition.serial_and_parallel(full_list_forces, cache=False))
+    return (partition.serial_and_parallel(half_loop(True), cache=False, fastmath=CONTRACT),
+            partition.serial_and_parallel(half_loop(False), cache=False, fastmath=CONTRACT),
+            partition.serial_and_parallel(full_list_forces, cache=False, fastmath=CONTRACT))
 
 
 class ForceLoops(NamedTuple):
@@ -791,10 +818,10 @@ def force_loops(kernel_module: ModuleType, triplet_moments: bool = True) -> Forc
     A separable three-body law (:func:`simulate.kernels.has_separable_triplets`) is summed by moments
     unless ``triplet_moments`` is False (then triplet by triplet, as any other three-body law).
     """
-    moments = triplet_moments and has_separable_triplets(kernel_module)
-    key = (id(kernel_module), moments)
+    key = (id(kernel_module), triplet_moments)  # (the checks of the module itself cost microseconds a call)
     cached = _LOOPS.get(key)
     if cached is None or cached.kernel_module is not kernel_module:
+        moments = triplet_moments and has_separable_triplets(kernel_module)
         if moments:
             # the moment pass indexes the table without bounds checks and trusts the identity R·R·P = w
             # (a module object built in memory need not have passed load_kernel_module's checks)

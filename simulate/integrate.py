@@ -388,7 +388,8 @@ def _make_block(forces_of, forces_between, build, kick_loop, drift_loop, nose_ho
             v_half = kick_loop(v, forces, accel, half_dt)
             x = drift_loop(positions, v_half, dt)
             nb, cn, im, wr, od, ls, ref = neighbors, counts, image, wrap, order, layer_start, reference
-            rebuilt = partition.max_displacement_angstrom(x, reference) > 0.5 * skin
+            # a small box's half list lists nothing (every pair): nothing to rebuild
+            rebuilt = not (brute and half) and partition.max_displacement_angstrom(x, reference) > 0.5 * skin
             if rebuilt:
                 # as wide as before, or wider where rows overflow it (the build searches them again)
                 nb, cn, im, wr, od, ls, _ = build(x, box, n_cells, list_cutoff, nb.shape[1], half, brute)
@@ -463,6 +464,10 @@ def _block(force_fn, parallel: bool, nose_hoover: bool, n_atoms: int, planned_st
     return cached[1]
 
 
+# the chain settings and state an NVE block is given, and leaves alone
+_NO_CHAIN = ((0.0, 0.0, 1, np.ones(1)), (np.zeros(1), np.zeros(1), np.ones(1)))
+
+
 def _run_block(force_fn, state, n_steps: int, dt_fs: float, max_force: float, min_distance: float, chain=None,
                planned_steps: int = 0):
     """(state, steps done, list builds) after up to ``n_steps`` steps of the compiled loop."""
@@ -478,8 +483,7 @@ def _run_block(force_fn, state, n_steps: int, dt_fs: float, max_force: float, mi
         kt, n_dof, chain_steps, weights = chain
         chain_state = (state.chain.xi, state.chain.v_xi, state.chain.q_mass)
     else:
-        kt, n_dof, chain_steps, weights = 0.0, 0.0, 1, np.ones(1)
-        chain_state = (np.zeros(1), np.zeros(1), np.ones(1))
+        (kt, n_dof, chain_steps, weights), chain_state = _NO_CHAIN
     done, builds, _, positions, velocities, force_out, list_arrays, (xi, v_xi) = _block(
         force_fn, parallel, nose_hoover, n, planned_steps)(
         int(n_steps), np.ascontiguousarray(state.positions, dtype=float),

@@ -70,15 +70,19 @@ def test_compiled_run_is_bit_for_bit_the_stepwise_integrator(tmp_path, cells, th
                          temperature_k=300.0, out_dir=tmp_path, skin_angstrom=skin, thermo_every=7,
                          trajectory_every=1000, checkpoint_every=1000)
     state, builds = stepwise(kernel, species, positions, box, velocities, thermostat, steps, dt, skin)
-    assert 5 < builds == result.neighbor_builds < steps // 2
-    assert result.state.neighbors.cells_per_side == ((1, 1, 1) if cells == 3 else (3, 3, 3))
+    if cells == 3:  # every pair: no list to rebuild
+        assert builds == result.neighbor_builds == 0
+        assert result.state.neighbors.cells_per_side == (1, 1, 1)
+    else:
+        assert 5 < builds == result.neighbor_builds < steps // 2
+        assert result.state.neighbors.cells_per_side == (3, 3, 3)
     assert_same_state(result.state, state)
     if thermostat == "nose-hoover":
         assert np.array_equal(result.state.chain.xi, state.chain.xi)
         assert np.array_equal(result.state.chain.v_xi, state.chain.v_xi)
 
 
-@pytest.mark.parametrize("cells", [3, 5])  # 108 atoms: all-pairs list; 500 atoms: cell list
+@pytest.mark.parametrize("cells", [5, 6])  # 500 and 864 atoms: cell lists (a small box's list lists nothing)
 def test_a_list_that_overflows_inside_a_block_is_rebuilt_wider_without_stopping(cells):
     kernel = load_kernel_module(EXAMPLES / "lj_argon.py")
     species, positions, box = argon_fcc(cells)
@@ -119,7 +123,7 @@ def test_blocks_with_forces_only_steps_are_bit_for_bit_the_stepwise_integrator(t
     result = md.simulate(kernel, species, positions, box, velocities, steps=60, dt_fs=0.5, thermostat="nve",
                          out_dir=tmp_path, thermo_every=13, trajectory_every=1000, checkpoint_every=1000)
     state, builds = stepwise(kernel, species, positions, box, velocities, "nve", 60, 0.5, 1.0)
-    assert builds == result.neighbor_builds > 0
+    assert builds == result.neighbor_builds == 0  # a small box: every pair, no list (rebuilds: the next test)
     assert_same_state(result.state, state)
     assert energy.force_loops(kernel).half_forces_only[0].signatures  # the forces-only variant ran
 
@@ -131,11 +135,20 @@ def test_the_forces_only_pass_is_used_for_big_boxes_and_long_runs():
     assert integrate.uses_forces_only(96, -(-integrate.FORCES_ONLY_MIN_ATOM_STEPS // 96))
 
 
-def test_compiled_run_of_a_three_body_model_is_bit_for_bit_the_stepwise_integrator(tmp_path, manybody):
+@pytest.mark.parametrize("forces_only", [False, True])
+def test_compiled_run_of_a_three_body_model_is_bit_for_bit_the_stepwise_integrator(tmp_path, monkeypatch, manybody,
+                                                                                   forces_only):
+    # 768 atoms, a cell list rebuilt inside the blocks; with ``forces_only`` the run is planned long
+    # enough for the forces-only steps
+    if forces_only:
+        monkeypatch.setattr(integrate, "FORCES_ONLY_MIN_ATOM_STEPS", 768 * 120)
     species, positions, box, velocities = water32_frame()
+    positions, species, box = setup.replicate(positions, species, box, (2, 2, 2))
+    velocities = np.tile(velocities, (8, 1))
     result = md.simulate(manybody, species, positions, box, velocities, steps=120, dt_fs=0.5, thermostat="nve",
                          out_dir=tmp_path, thermo_every=9, trajectory_every=1000, checkpoint_every=1000)
     state, builds = stepwise(manybody, species, positions, box, velocities, "nve", 120, 0.5, 1.0)
+    assert result.state.neighbors.cells_per_side == (3, 3, 3)
     assert builds == result.neighbor_builds > 0
     assert_same_state(result.state, state)
 

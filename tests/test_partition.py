@@ -118,17 +118,14 @@ def test_cell_list_entries_carry_the_minimum_image_of_their_pair(half):
     assert len(set(np.unique(nl.image[nl.neighbors >= 0]))) > 9  # entries across faces, edges and corners
 
 
-@pytest.mark.parametrize("half", [False, True])
-def test_small_box_lists_every_image_within_reach_once(half):
+def test_small_box_full_list_lists_every_image_within_reach_once():
     # edge 9.1 Å < 2 × 5.5 Å: two images of one atom can both be within reach, and both are listed
     box = np.array([9.1, 15.5, 9.1])
     positions = random_positions(150, box, 6)
-    nl = partition.neighbor_list(positions, box, cutoff_angstrom=4.5, skin_angstrom=1.0, half=half)
+    nl = partition.neighbor_list(positions, box, cutoff_angstrom=4.5, skin_angstrom=1.0)
     assert nl.cells_per_side == (1, 1, 1)
     i, j, d = entries(nl, positions)
     listed = [(a, b, *np.round(v, 6)) for a, b, v in zip(i, j, d)]
-    if half:
-        listed += [(b, a, *np.round(-v, 6)) for a, b, v in zip(i, j, d)]
     assert len(set(listed)) == len(listed)  # no image twice
     nearest = minimum_image(positions[:, None, :] - positions[None, :, :], np.diag(box))
     expected = set()
@@ -139,3 +136,21 @@ def test_small_box_lists_every_image_within_reach_once(half):
     assert set(listed) == expected
     pairs = [(a, b) for a, b, *_ in listed]
     assert len(set(pairs)) < len(pairs)  # some pairs really are listed through two images
+
+
+def test_small_box_half_list_lists_nothing_and_is_never_rebuilt():
+    """A small box's half list is every pair (its force loop takes them all, by minimum image): it
+    holds no entry, and no move makes it stale; a box of three cells per side gets a cell list."""
+    box = np.array([9.1, 15.5, 9.1])
+    positions = random_positions(150, box, 7)
+    nl = partition.neighbor_list(positions, box, cutoff_angstrom=4.5, skin_angstrom=1.0, half=True)
+    assert nl.cells_per_side == (1, 1, 1) and partition.lists_every_pair(nl)
+    assert nl.neighbors.shape == (150, 0) and not nl.counts.any()
+    np.testing.assert_array_equal(nl.order, np.arange(150))
+    np.testing.assert_array_equal(nl.layer_start, [0, 150])
+    assert not nl.wrap_angstrom.any()
+    moved = positions + 3.0  # far beyond half the skin
+    assert not partition.needs_rebuild(nl, moved)
+    assert partition.update(nl, moved) is nl
+    cells = partition.neighbor_list(positions, 3 * box, cutoff_angstrom=4.5, skin_angstrom=1.0, half=True)
+    assert not partition.lists_every_pair(cells) and cells.neighbors.shape[1] > 0
