@@ -24,7 +24,7 @@ LAMMPS runs the pair-only models; a many-body model has no table export, so mld 
 the report sets its cost per atom-step beside the learned pairwise model's.
 
 Every model runs a second time with its pair laws (and three-body legs) tabulated
-(:mod:`simulate.tabulate`, ``mld simulate --tabulate``: quintic Hermite tables to 10⁻⁸ eV/Å, rows
+(:mod:`simulate.tabulate`, ``mld simulate``'s default: quintic Hermite tables to 10⁻⁸ eV/Å, rows
 ``morse_water_tabulated``, ``learned_pairwise_tabulated`` and ``learned_manybody_tabulated``);
 LAMMPS runs the same table export of the closed form beside it, and the report sets the tabulated
 cost per atom-step beside the closed form's.
@@ -524,7 +524,7 @@ def markdown(rows: list[dict], compared: list[dict], cp2k: dict | None, meta: di
     gains = tabulation_gains(rows)
     if gains:
         lines += [
-            ("**Tabulated pair laws** (`simulate.tabulate`, `mld simulate --tabulate`: quintic Hermite tables of each "
+            ("**Tabulated pair laws** (`simulate.tabulate`, `mld simulate`'s default (`--no-tabulate`: the closed form): quintic Hermite tables of each "
              "pair law and three-body leg, forces within 10⁻⁸ eV/Å of the closed form, exactly conservative; the core "
              "below each law's wall joint stays closed form), mld, same runs as above:"),
             "",
@@ -574,7 +574,7 @@ def main() -> None:
     morse = load_kernel_module(MORSE_WATER)
     rows = side_by_side(morse, MORSE_WATER, "morse_water", replicas, args.steps, cores, missing is None,
                         block=args.block)
-    # mld's own tables of the same model (`mld simulate --tabulate`), as LAMMPS runs its table of it
+    # mld's own tables of the same model (`mld simulate`'s default), as LAMMPS runs its table of it
     rows += side_by_side(tabulate.tabulate_kernel_module(morse), MORSE_WATER, "morse_water" + TABULATED_SUFFIX,
                          replicas, args.steps, cores, missing is None, block=args.block)
     for path in (LEARNED_PAIRWISE, LEARNED):

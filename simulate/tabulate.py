@@ -770,8 +770,10 @@ def tabulate_kernel_module(
             raise TabulationError(f"{label}: {exc}") from None
     n_species = len(kernel_module.SPECIES)
 
+    # "pair tables in r²" and "force quartics": not the name of an older tabulated module (tables in r, or
+    # the force from the energy's quintic), whose checkpoints would not resume bit for bit
     settings = (float(force_tolerance_ev_per_angstrom), float(max_force_ev_per_angstrom), float(min_inner_angstrom),
-                "pair tables in r²")  # not the name of an older tabulated module, whose tables were in r
+                "pair tables in r²", "force quartics")
     if radial:
         settings += ("triplet legs",)  # not the name of an older tabulated module, which ran them closed form
     module = ModuleType(_module_name(kernel_module, settings),

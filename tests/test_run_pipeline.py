@@ -102,22 +102,46 @@ def test_simulate_cli_runs_a_replicated_box(finished_run, small_dataset, tmp_pat
     assert np.allclose(traj["box"][0], [2 * 9.865406, 9.865406, 9.865406])
 
 
-def test_simulate_cli_tabulate_follows_the_closed_form_trajectory(finished_run, small_dataset, tmp_path):
+def _simulate_pairwise(models, small_dataset, out, *flags):
     from simulate.trajectory import read_trajectory
 
+    result = CliRunner().invoke(app, ["simulate", str(models / "pairwise"), "--init", f"{small_dataset}:3",
+                                      "--steps", "40", "--thermostat", "nve", "--trajectory-every", "20",
+                                      *flags, "--out", str(out)])
+    return result, (read_trajectory(out / "trajectory.xyz") if result.exit_code == 0 else None)
+
+
+def test_simulate_cli_tabulates_by_default_and_follows_the_closed_form_trajectory(finished_run, small_dataset,
+                                                                                   tmp_path):
     models, _ = finished_run
     runs = {}
-    for flag in ("--no-tabulate", "--tabulate"):
-        out = tmp_path / flag
-        result = CliRunner().invoke(app, ["simulate", str(models / "pairwise"), "--init", f"{small_dataset}:3",
-                                          "--steps", "40", "--thermostat", "nve", "--trajectory-every", "20",
-                                          flag, "--out", str(out)])
+    for flags in ((), ("--no-tabulate",), ("--tabulate",)):
+        result, runs[flags] = _simulate_pairwise(models, small_dataset, tmp_path / ("".join(flags) or "default"), *flags)
         assert result.exit_code == 0, result.output
-        runs[flag] = read_trajectory(out / "trajectory.xyz")
-    closed, tabulated = runs["--no-tabulate"], runs["--tabulate"]
+    closed, tabulated = runs[("--no-tabulate",)], runs[("--tabulate",)]
     assert not np.array_equal(closed["forces"], tabulated["forces"])  # the tables did run
     np.testing.assert_allclose(tabulated["forces"], closed["forces"], atol=1e-6)
     np.testing.assert_allclose(tabulated["positions"], closed["positions"], atol=1e-7)
+    np.testing.assert_array_equal(runs[()]["forces"], tabulated["forces"])  # the default: the tables
+
+
+def test_simulate_cli_falls_back_to_the_closed_form_only_where_tables_were_not_asked_for(finished_run, small_dataset,
+                                                                                         tmp_path, monkeypatch):
+    from simulate import tabulate
+
+    def refuse(kernel_module, *args, label=None, **kwargs):
+        raise tabulate.TabulationError(f"{label}: law OO needs more than {tabulate.MAX_CELLS} cells")
+
+    monkeypatch.setattr(tabulate, "tabulate_kernel_module", refuse)
+    models, _ = finished_run
+    result, default = _simulate_pairwise(models, small_dataset, tmp_path / "default")
+    assert result.exit_code == 0, result.output
+    assert "closed form (the laws cannot be tabulated" in result.output and "OO needs more" in result.output
+    _, closed = _simulate_pairwise(models, small_dataset, tmp_path / "closed", "--no-tabulate")
+    np.testing.assert_array_equal(default["forces"], closed["forces"])
+    result, _ = _simulate_pairwise(models, small_dataset, tmp_path / "asked", "--tabulate")
+    assert result.exit_code == 1
+    assert "OO needs more" in result.output and "Traceback" not in result.output
 
 
 def test_export_cli_writes_lammps_deck_for_the_pairwise_model(finished_run, small_dataset, tmp_path):
