@@ -279,16 +279,19 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
         first = chunk * TRIPLET_CHUNK
         last = min(n, first + TRIPLET_CHUNK)
         rows = nb3.shape[1]
-        if with_moments:
-            vp = np.empty((rows, n_components))
-            rad = np.empty((rows, n_species))
-            drad = np.empty((rows, n_species))
-            moments = np.empty((n_species, n_species, n_components))
-            adjoint = np.empty((n_species, n_species, n_components))
-            diag = np.empty(n_species)
-            for k in range(first, last):
-                m = cnt3[k]
-                tk = types[k]
+        # the scratch rows of the kind of sum this law takes (the other kind's are empty)
+        moment_rows = rows if with_moments else 0
+        vp = np.empty((moment_rows, n_components))
+        rad = np.empty((moment_rows, n_species))
+        drad = np.empty((moment_rows, n_species))
+        moments = np.empty((n_species, n_species, n_components))
+        adjoint = np.empty((n_species, n_species, n_components))
+        diag = np.empty(n_species)
+        perm = np.empty(0 if with_moments else rows, dtype=np.int64)
+        for k in range(first, last):
+            m = cnt3[k]
+            tk = types[k]
+            if with_moments:
                 for b in range(n_species):
                     diag[b] = 0.0
                     for c in range(n_species):
@@ -386,17 +389,7 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                     fy += gy
                     fz += gz
                     wv -= r * de_dr
-                forces[k, 0] += fx
-                forces[k, 1] += fy
-                forces[k, 2] += fz
-                loss[k] += e
-                virial[k] += wv
-                energy3[k] = e
-        else:
-            perm = np.empty(rows, dtype=np.int64)
-            for k in range(first, last):
-                m = cnt3[k]
-                tk = types[k]
+            else:
                 for a in range(m):
                     grad3[k, a, 0] = 0.0
                     grad3[k, a, 1] = 0.0
@@ -450,12 +443,12 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                     fx += grad3[k, a, 0]
                     fy += grad3[k, a, 1]
                     fz += grad3[k, a, 2]
-                forces[k, 0] += fx
-                forces[k, 1] += fy
-                forces[k, 2] += fz
-                loss[k] += e
-                virial[k] += wv
-                energy3[k] = e
+            forces[k, 0] += fx
+            forces[k, 1] += fy
+            forces[k, 2] += fz
+            loss[k] += e
+            virial[k] += wv
+            energy3[k] = e
 
     @numba.njit(inline="always")
     def gather(p, nb3, rev3, cnt3, grad3, forces):

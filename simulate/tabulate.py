@@ -159,13 +159,18 @@ def quintic_hermite_coefficients(u: np.ndarray, du_dr: np.ndarray, d2u_dr2: np.n
 
 
 @numba.njit(inline="always")
+def _locate(first_cell, inverse_step, inner, x):
+    """(row, s): the cell of a table from row ``first_cell`` that x ≥ inner falls in, and s ∈ [0, 1) within it."""
+    t = (x - inner) * inverse_step
+    k = int(t)
+    return first_cell + k, t - k
+
+
+@numba.njit(inline="always")
 def _cell(coefficients, first_cell, inverse_step, inner, r):
     """(u, du/dx) of the table at x = r ≥ inner (or x = r² ≥ inner² for a table in r²): the quintic of the
     cell x falls in, and its exact derivative."""
-    t = (r - inner) * inverse_step
-    k = int(t)
-    s = t - k
-    row = first_cell + k
+    row, s = _locate(first_cell, inverse_step, inner, r)
     c0 = coefficients[row, 0]
     c1 = coefficients[row, 1]
     c2 = coefficients[row, 2]
@@ -563,17 +568,9 @@ def _make_kernel_r2(closed_form, rows: _Rows):
         if r2 < lo or r2 >= outer[pair]:
             # the core, the cutoff and beyond: the closed form, exactly (√(r·r) is r in IEEE arithmetic)
             return closed_form(type_i, type_j, math.sqrt(r2))
-        t = (r2 - lo) * inverse_step[pair]
-        k = int(t)
-        s = t - k
-        row = first_cell[pair] + k
-        c0 = coefficients[row, 0]
-        c1 = coefficients[row, 1]
-        c2 = coefficients[row, 2]
-        c3 = coefficients[row, 3]
-        c4 = coefficients[row, 4]
-        c5 = coefficients[row, 5]
-        u = c0 + s * (c1 + s * (c2 + s * (c3 + s * (c4 + s * c5))))
+        # the energy's quintic (its derivative, unused, and a forces-only pass's energy, are compiled away)
+        u, _ = _cell(coefficients, first_cell[pair], inverse_step[pair], lo, r2)
+        row, s = _locate(first_cell[pair], inverse_step[pair], lo, r2)
         d0 = force_coefficients[row, 0]
         d1 = force_coefficients[row, 1]
         d2 = force_coefficients[row, 2]
