@@ -415,7 +415,7 @@ def simulate_command(
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in --out.")] = False,
     tabulate: Annotated[bool | None, typer.Option(
         help="Run the pair laws (and three-body radial factors) from exactly conservative quintic tables "
-             "(each law's pair or triplet force within 1e-8 eV/Å of its closed form; 2.5–3× faster for the "
+             "(each law's pair or triplet force within 1e-8 eV/Å of its closed form; 2.4–3.1× faster for the "
              "learned pair laws, see benchmarks/results/simulate.md). The default, falling back to the "
              "closed form, with a note, for a model whose laws cannot be tabulated; --no-tabulate runs the "
              "closed form itself.")] = None,
@@ -426,16 +426,20 @@ def simulate_command(
     from simulate import md, setup
 
     kernels = kernel_module_for(model, out)
+    if tabulate is None and resume and md.checkpoint_written_by(out, kernels):
+        tabulate = False  # a run of the closed form (the default before tables) resumes as one
+        status_console.print("closed form, as the checkpoint's run", markup=False)
     if tabulate is not False:
         from simulate import tabulate as tables
+        from simulate.kernels import KernelModuleError
 
         try:
             kernels = tables.tabulate_kernel_module(kernels, label=str(model))
-            status_console.print(tables.describe(kernels))
-        except tables.TabulationError as exc:
+            status_console.print(tables.describe(kernels), markup=False)
+        except (tables.TabulationError, KernelModuleError) as exc:
             if tabulate:  # asked for by name
                 raise
-            status_console.print(f"closed form (the laws cannot be tabulated: {exc})")
+            status_console.print(f"closed form (the laws cannot be tabulated: {exc})", markup=False)
     species, positions, box, velocities = initial_frame(init)
     if new_velocities:
         velocities = None

@@ -10,8 +10,10 @@ compiled loops are cached per kernel module for the life of the process.
 The pair pass runs on a *half* neighbour list (see :mod:`simulate.partition`): each pair's kernel is
 called once and its force applied to both atoms (Newton's third law), half the work of a full list.
 Each entry of the list names the periodic image it means, so a pair's displacement is one
-subtraction of that image's shift, no minimum image per pair. A forces-only variant of the pass
-serves the steps whose energy nobody reads (see :func:`_make_loops`).
+subtraction of that image's shift, no minimum image per pair. A small box's list of no slots
+(:func:`simulate.partition.lists_every_pair`) means every pair i < j instead, each by minimum image,
+all rows in one block. A forces-only variant of the pass serves the steps whose energy nobody reads
+(see :func:`_make_loops`).
 It goes through blocks of rows in cell order (x-layers of cells, or equal shares of rows where those
 keep the rule, see :func:`row_blocks`): even blocks in parallel, then odd ones; a layer's pairs
 reach only itself and the next layer, so no two threads write one atom and every atom's sums run in
@@ -27,7 +29,7 @@ independent in the same way:
    its neighbours into that neighbour's slot of k's row — a centre writes only its own row. A law that
    is a product of radial factors and a polynomial in cos θ (every closed form mld fits) is summed by
    moments of the neighbours, in time linear in their number M rather than M²/2 triplet calls
-   (``moment_centre``: 1.4× less time for the whole force pass of the learned many-body water);
+   (see ``centre_chunk``: 1.4× less time for the whole force pass of the learned many-body water);
 3. each atom, in parallel, gathers the gradients stored for it in its neighbours' rows.
 
 The short list holds ~14 atoms per row for water at r_3 = 3.2 Å, against ~85 in a full list at the
@@ -69,12 +71,14 @@ class ForceResult(NamedTuple):
     nearest_angstrom: np.ndarray  # (N,) distance to the nearest atom within the cutoff (inf if none)
 
 
-# The force loops let LLVM fuse a multiply and an add into one FMA (the ``contract`` flag alone of
-# fastmath: no reassociation, no assumption of finite values). The passes are bound by floating-point
-# arithmetic per pair (Horner steps, force sums); fused, the pair pass of the learned water takes 5–8 %
-# less time (tabulated; 96 and 6,144 atoms) and the tabulated many-body pass 12 % less. A fused result
-# differs from the unfused one in its last bits, and every pass, serial or parallel, full or
-# forces-only, is compiled with the same flag, so they agree with each other bit for bit.
+# The force loops of a kernel module that sets FUSED_MULTIPLY_ADD (see simulate.kernels; the tabulated
+# modules do) let LLVM fuse a multiply and an add into one FMA (the ``contract`` flag alone of fastmath:
+# no reassociation, no assumption of finite values). The passes are bound by floating-point arithmetic
+# per pair (Horner steps, force sums); fused, the pair pass of the learned water takes 5–8 % less time
+# (tabulated; 96 and 6,144 atoms) and the tabulated many-body pass 12 % less. Every pass, serial or
+# parallel, full or forces-only, is compiled with the same flag; LLVM fuses only a product of a single
+# use, so the full and forces-only passes agree bit for bit as long as no product of the inlined kernel
+# feeds both its energy and its force (the promise the flag makes). Other modules run unfused.
 CONTRACT = {"contract"}
 TRIPLET_CHUNK = 32  # centres per parallel task of the three-body pass
 
@@ -195,7 +199,7 @@ def _inlined(kernel):
     LLVM leaves a kernel of a few exponentials or a table lookup as a call, whose tuple result goes
     through memory; inlined, it is 12–20 % less time per pair (measured on the Morse, learned and
     tabulated water kernels), with the same numbers bit for bit. Inlined code compiles under the
-    loop's options (FMA contraction, see CONTRACT), so a hand-written kernel's own ``fastmath`` or
+    loop's options (FMA contraction where allowed, see CONTRACT), so a hand-written kernel's own ``fastmath`` or
     ``error_model`` does not apply (generated kernels set none).
     """
     py_func = getattr(kernel, "py_func", None)
@@ -218,7 +222,7 @@ def _pair_of_r2(pair_energy_force, pair_energy_force_r2=None):
 
 
 def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_energy_force=None, triplet_radial=None,
-                cos_polynomial=None, pair_energy_force_r2=None):
+                cos_polynomial=None, pair_energy_force_r2=None, fused=False):
     """(half-list forces, its forces-only variant, full-list forces), each a (serial, parallel) pair.
 
     All return ``(forces (N,3), loss (N,), virial (N,), nearest (N,), energy, virial_total, needed3,
@@ -236,7 +240,8 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
     With ``triplet_radial`` and ``cos_polynomial`` (a separable three-body law, see
     :mod:`simulate.kernels`) each centre's triplets are summed by moments (:func:`_moment_layout`)
     instead of pair by pair. Every pass calls the pair law of r² (:func:`_pair_of_r2`): with a
-    ``pair_energy_force_r2`` it takes no square root per pair.
+    ``pair_energy_force_r2`` it takes no square root per pair. With ``fused`` the loops compile with FMA
+    contraction (see CONTRACT).
     """
     with_triplets = triplet_energy_gradient is not None  # a compile-time constant of the loops
     with_moments = with_triplets and triplet_radial is not None
@@ -532,7 +537,7 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                     # for the checks of a step whose energy nobody reads; the forces are summed in the
                     # same order either way, so they are the same bit for bit. The row is written out
                     # here, not as an inlined function: its array arguments cost reference-count updates
-                    # (atomic instructions) on every row, 10–20 % of the pair pass (see centre_chunk).
+                    # (atomic instructions) on every row, 12–30 % of the pair pass (see centre_chunk).
                     for p in range(first, last):
                         xi, yi, zi = cell_positions[p, 0], cell_positions[p, 1], cell_positions[p, 2]
                         ti = cell_types[p]
@@ -785,9 +790,10 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
             closest = min(closest, nearest[i])
         return forces, loss, virial, nearest, energy, virial_total, needed3, closest
 
-    return (partition.serial_and_parallel(half_loop(True), cache=False, fastmath=CONTRACT),
-            partition.serial_and_parallel(half_loop(False), cache=False, fastmath=CONTRACT),
-            partition.serial_and_parallel(full_list_forces, cache=False, fastmath=CONTRACT))
+    fastmath = CONTRACT if fused else False
+    return (partition.serial_and_parallel(half_loop(True), cache=False, fastmath=fastmath),
+            partition.serial_and_parallel(half_loop(False), cache=False, fastmath=fastmath),
+            partition.serial_and_parallel(full_list_forces, cache=False, fastmath=fastmath))
 
 
 class ForceLoops(NamedTuple):
@@ -826,7 +832,8 @@ def force_loops(kernel_module: ModuleType, triplet_moments: bool = True) -> Forc
             kernel_module.intra_pair_energy_force if is_molecular(kernel_module) else None,
             kernel_module.triplet_radial if moments else None,
             kernel_module.TRIPLET_COS_POLYNOMIAL if moments else None,
-            getattr(kernel_module, "pair_energy_force_r2", None))
+            getattr(kernel_module, "pair_energy_force_r2", None),
+            getattr(kernel_module, "FUSED_MULTIPLY_ADD", False) is True)
         cutoff3 = float(kernel_module.THREEBODY_CUTOFF_ANGSTROM) if threebody else 0.0
         cached = ForceLoops(kernel_module, half, half_forces_only, full, float(kernel_module.CUTOFF_ANGSTROM), cutoff3, {})
         _LOOPS[key] = cached

@@ -388,8 +388,8 @@ def _make_block(forces_of, forces_between, build, kick_loop, drift_loop, nose_ho
             v_half = kick_loop(v, forces, accel, half_dt)
             x = drift_loop(positions, v_half, dt)
             nb, cn, im, wr, od, ls, ref = neighbors, counts, image, wrap, order, layer_start, reference
-            # a small box's half list lists nothing (every pair): nothing to rebuild
-            rebuilt = not (brute and half) and partition.max_displacement_angstrom(x, reference) > 0.5 * skin
+            # a list of no slots lists every pair (partition.lists_every_pair): nothing to rebuild
+            rebuilt = nb.shape[1] > 0 and partition.max_displacement_angstrom(x, reference) > 0.5 * skin
             if rebuilt:
                 # as wide as before, or wider where rows overflow it (the build searches them again)
                 nb, cn, im, wr, od, ls, _ = build(x, box, n_cells, list_cutoff, nb.shape[1], half, brute)

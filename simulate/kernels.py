@@ -29,6 +29,12 @@ Optional, for speed:
     ``pair_energy_force(type_i, type_j, r)`` must equal it at ``r2 = r * r`` (checked at sample
     distances, to 10⁻¹² of the largest |u| and |force over r| over the samples), and so it returns
     exactly ``(0.0, 0.0)`` for ``r2 >= CUTOFF_ANGSTROM * CUTOFF_ANGSTROM``. Tabulated modules (``simulate.tabulate``) have it.
+``FUSED_MULTIPLY_ADD``
+    ``True`` lets the force loops fuse the inlined kernels' multiplies and adds (FMA, see
+    ``simulate.energy.CONTRACT``): a promise that no product in the pair kernel feeds both its energy
+    and its force. LLVM fuses a product only where it has a single use, so a product shared by the
+    two would be fused in the forces-only pass (the energy gone) but not in the full one, and the
+    two would give forces that differ in their last bits. Tabulated modules set it.
 
 Optional, for many-body models:
 

@@ -227,6 +227,15 @@ def read_checkpoint(path: Path) -> tuple[dict, dict]:
     return meta, arrays
 
 
+def checkpoint_written_by(out_dir: Path, kernel_module: ModuleType) -> bool:
+    """Whether ``out_dir`` holds a checkpoint written by a run of ``kernel_module`` (False without one)."""
+    path = Path(out_dir) / "checkpoint.npz"
+    if not path.is_file():
+        return False
+    meta, _ = read_checkpoint(path)
+    return meta.get("settings", {}).get("kernel") == _kernel_fingerprint(kernel_module)
+
+
 def _restore(meta: dict, arrays: dict, masses, force_fn, box, cutoff, skin):
     """The integrator state at the checkpoint, rebuilt exactly (list from its reference positions)."""
     neighbors = partition.neighbor_list(arrays["neighbor_reference_positions"], box, cutoff, skin, half=True)

@@ -32,17 +32,18 @@ force loop subtracts that image's shift instead of taking the minimum image of e
 ghost-atom argument of LAMMPS (Plimpton 1995). It is exact until the next build: every image
 closer than the cutoff now was closer than ``cutoff + skin`` at the build, so it is in the list.
 With at least three cells per side each listed pair has one image within ``cutoff + skin`` (the
-cells are no smaller than that). With fewer, the 27 cells would repeat. A small box's *full* list
-is searched by brute force over all pairs, and *every* image within ``cutoff + skin`` gets an entry
-(a box edge may be shorter than twice ``cutoff + skin``); since the cutoff is at most half the box,
-at most one image of a pair is inside it at a time, so the sum is the minimum-image sum. A small
-box's *half* list lists nothing (its rows have no slots, :func:`lists_every_pair`): its force loop
-takes every pair i < j by minimum image, in a loop the compiler vectorises, so there is no list to
-build, to check against the skin or to rebuild. In the 96-atom water box (cutoff 4.88 Å, skin
-1 Å) the half list held 4,070 entries for the 2,317 pairs within the cutoff, against 4,560 pairs in
-all, and was rebuilt every 19 steps at 50 µs a build: all pairs took a step from 34 to 25 µs
-(the learned pairwise water, tabulated, one thread). A cutoff beyond half the box would need
-several images inside it and is refused.
+cells are no smaller than that). With fewer, the 27 cells would repeat, so a small box's list is
+searched by brute force over all pairs, and *every* image within ``cutoff + skin`` gets an entry (a
+box edge may be shorter than twice ``cutoff + skin``); since the cutoff is at most half the box, at
+most one image of a pair is inside it at a time, so the sum is the minimum-image sum. A half list
+there keeps pair (i, j), i < j, in row i when i + j is even, else in row j, which halves every row on
+average. A small box's half list of at most ``ALL_PAIRS_MAX_ATOMS`` atoms lists nothing instead (its
+rows have no slots, :func:`lists_every_pair`): its force loop takes every pair i < j by minimum
+image, in a loop the compiler vectorises, so there is no list to build, to check against the skin or
+to rebuild. In the 96-atom water box (cutoff 4.88 Å, skin 1 Å) the half list held 4,070 entries for
+the 2,317 pairs within the cutoff, against 4,560 pairs in all, and was rebuilt every 19 steps at 50 µs
+a build: every pair took a step from 34 to 25 µs (the learned pairwise water, tabulated, one
+thread). A cutoff beyond half the box would need several images inside it and is refused.
 
 The whole build is one compiled function (:data:`BUILD`, serial and parallel), so the compiled
 multi-step loops of :mod:`simulate.integrate` rebuild their list exactly as :func:`neighbor_list` does.
@@ -85,7 +86,8 @@ class NeighborList(NamedTuple):
     Each entry also records which periodic image of its atom it is: the displacement of the pair
     (row i, entry j, image code c) is ``(x_i − w_i) − (x_j − w_j) − IMAGE_SHIFTS[c] · box``, with
     ``w = wrap_angstrom`` of the row (the positions as they were wrapped into the box at the build).
-    A force loop then needs no minimum image per pair (see the module notes).
+    A force loop then needs no minimum image per pair (see the module notes), but for a list of
+    every pair (below), which takes the minimum image of each.
 
     A small box's half list has rows of no slots (capacity 0), no counts, atoms in their own order
     in one layer, and no wraps: its force loop takes every pair (:func:`lists_every_pair`).
@@ -97,7 +99,7 @@ class NeighborList(NamedTuple):
     cutoff_angstrom: float  # the interaction cutoff the list serves
     skin_angstrom: float
     box_angstrom: np.ndarray  # (3,)
-    cells_per_side: tuple  # (nx, ny, nz); (1, 1, 1) means brute force
+    cells_per_side: tuple  # (nx, ny, nz); (1, 1, 1): a small box (brute force, or for a half list every pair)
     half: bool = False  # each pair once (True) or from both ends (False)
     order: np.ndarray | None = None  # (N,) int64, the atoms in cell order (x-major)
     layer_start: np.ndarray | None = None  # (nx + 1,) int64, where each x-layer starts in ``order``
@@ -271,8 +273,8 @@ def _build_cells(positions, box, n_cells, list_cutoff, capacity, cell_start, cel
     return neighbors, counts, image, wrap
 
 
-def _build_brute(positions, box, list_cutoff, capacity):
-    """Rows of a full list by a search over all pairs and all their images within the list cutoff."""
+def _build_brute(positions, box, list_cutoff, capacity, half):
+    """Rows of the list by a search over all pairs and all their images within the list cutoff."""
     n = positions.shape[0]
     wrap = np.empty((n, 3))
     wrapped = np.empty((n, 3))
@@ -291,6 +293,9 @@ def _build_brute(positions, box, list_cutoff, capacity):
         for j in range(n):
             if j == i:
                 continue  # its own images are at least a box edge, twice the cutoff, away
+            # half: pair (i, j), i < j, belongs to row i when i + j is even, else to row j
+            if half and (j > i) != ((i + j) % 2 == 0):
+                continue
             # wrapped displacement in (−L, L) per axis: the images within reach are among −1, 0, +1 boxes
             x0 = wrapped[i, 0] - wrapped[j, 0]
             y0 = wrapped[i, 1] - wrapped[j, 1]
@@ -324,6 +329,14 @@ def _build_brute(positions, box, list_cutoff, capacity):
 # Measured per step on one thread at 6,144 atoms: Morse 8 % less time, tabulated Morse 9 %, learned
 # pairwise tabulated 22 %, learned many-body 23 % (33 % tabulated), learned pairwise closed form the same.
 PARALLEL_MIN_ATOMS = 1000
+
+# A small box's half list of at most this many atoms lists nothing: its force loop takes every pair
+# (see the module notes). Every pair costs O(N²) per step (vectorised displacements of N²/2 pairs,
+# then those within reach), a list O(N) per step plus a brute-force O(N²) build every 15–20 steps.
+# Measured per step (learned pairwise water, tabulated, one thread, skin 1 Å): 192 atoms 53 µs every
+# pair against 60 with a list, 384 atoms 149 against 139, 576 atoms 280 against 219; a long slab of
+# thousands of atoms would take several times longer every pair.
+ALL_PAIRS_MAX_ATOMS = 256
 
 
 def serial_and_parallel(function, cache=True, fastmath=False):
@@ -362,7 +375,7 @@ def _make_build(build_cells, build_brute):
         its list here without stopping).
         """
         n = positions.shape[0]
-        if brute and half:
+        if brute and half and n <= ALL_PAIRS_MAX_ATOMS:
             # a small box's half list lists nothing: its force loop takes every pair (see the module notes)
             return (np.empty((n, 0), dtype=np.int32), np.zeros(n, dtype=np.int32), np.empty((n, 0), dtype=np.int8),
                     np.zeros((n, 3)), np.arange(n), np.array([0, n], dtype=np.int64), 0)
@@ -378,7 +391,7 @@ def _make_build(build_cells, build_brute):
         stencil = _HALF_STENCIL if half else _FULL_STENCIL
         while True:
             if brute:
-                neighbors, counts, image, wrap = build_brute(positions, box, list_cutoff, capacity)
+                neighbors, counts, image, wrap = build_brute(positions, box, list_cutoff, capacity, half)
             else:
                 neighbors, counts, image, wrap = build_cells(positions, box, n_cells, list_cutoff, capacity,
                                                              cell_start, order, stencil, half)
@@ -454,6 +467,7 @@ def neighbor_list(
     n = len(positions)
     if capacity is None:
         capacity = _initial_capacity(n, box, list_cutoff, half)
+    capacity = max(int(capacity), 1)  # (no slot at all marks a list of every pair)
     brute = n_cells == (1, 1, 1)
     cells = np.array(n_cells, dtype=np.int64)
     neighbors, counts, image, wrap, order, layer_start, _ = BUILD[use_parallel(n)](
@@ -475,8 +489,9 @@ def neighbor_list(
 
 
 def lists_every_pair(neighbors: NeighborList) -> bool:
-    """Whether ``neighbors`` is a small box's half list, which lists nothing: its force loop takes every pair."""
-    return neighbors.half and neighbors.cells_per_side == (1, 1, 1)
+    """Whether ``neighbors`` is a small box's half list of few atoms, which lists nothing (rows of no
+    slots): its force loop takes every pair."""
+    return neighbors.half and neighbors.neighbors.shape[1] == 0
 
 
 def needs_rebuild(neighbors: NeighborList, positions: np.ndarray) -> bool:

@@ -123,7 +123,7 @@ def test_blocks_with_forces_only_steps_are_bit_for_bit_the_stepwise_integrator(t
     result = md.simulate(kernel, species, positions, box, velocities, steps=60, dt_fs=0.5, thermostat="nve",
                          out_dir=tmp_path, thermo_every=13, trajectory_every=1000, checkpoint_every=1000)
     state, builds = stepwise(kernel, species, positions, box, velocities, "nve", 60, 0.5, 1.0)
-    assert builds == result.neighbor_builds == 0  # a small box: every pair, no list (rebuilds: the next test)
+    assert builds == result.neighbor_builds == 0  # a small box: every pair, no list (rebuilds: the three-body test)
     assert_same_state(result.state, state)
     assert energy.force_loops(kernel).half_forces_only[0].signatures  # the forces-only variant ran
 

@@ -152,10 +152,15 @@ def test_a_pair_whose_nearest_image_changes_between_builds_keeps_its_exact_force
     assert result.nearest_angstrom[0] == pytest.approx(17.01 - 8.78)
 
 
-@pytest.mark.parametrize("repeats", [(1, 1, 1), (3, 2, 2)])  # 96 atoms: all pairs; 1152: cell list
+# 96 atoms: every pair, no list; 288 in a slab of one 9.9 Å cell: a brute-force list; 1152: a cell list
+@pytest.mark.parametrize("repeats", [(1, 1, 1), (3, 1, 1), (3, 2, 2)])
 def test_forces_from_a_list_built_before_the_atoms_moved_equal_brute_force(morse, repeats):
     species, positions, box, _ = water32_frame()
     positions, species, box = setup.replicate(positions, species, box, repeats)
+    kinds = {(1, 1, 1): "every pair", (3, 1, 1): "brute force", (3, 2, 2): "cells"}
+    nl = partition.neighbor_list(positions, box, morse.CUTOFF_ANGSTROM, 1.0, half=True)
+    kind = "every pair" if partition.lists_every_pair(nl) else "brute force" if nl.cells_per_side == (1, 1, 1) else "cells"
+    assert kind == kinds[repeats]
     assert_stale_list_matches_reference(morse, species, positions, box, moved_by_less_than_half_the_skin(positions, 3))
 
 
@@ -283,3 +288,53 @@ def test_thirteen_even_layers_make_four_even_blocks_not_eight_uneven_ones():
     # ten layers: eight blocks of whole layers already split both phases evenly between two threads, and keep
     # four blocks a phase for more threads
     assert energy.row_blocks(np.arange(11) * 100).tolist() == [0, 100, 200, 300, 500, 600, 700, 800, 1000]
+
+
+# --- fused multiply-adds -----------------------------------------------------------------------------
+
+
+@numba.njit
+def _shared_product_law(type_i, type_j, r):
+    """A Morse-like law whose energy and force share the product x·x: fused into an FMA only where
+    the energy is gone, it would give the forces-only pass other bits than the full one."""
+    if r >= 6.0:
+        return 0.0, 0.0
+    x = np.exp(-(r - 3.8))
+    return 0.01 * (x * x - 2.0 * x), 0.02 * (x * x - x) / r
+
+
+@pytest.mark.parametrize("cells", [3, 5])  # 108 atoms: every pair; 500: a cell list
+def test_forces_only_pass_gives_the_full_pass_forces_bit_for_bit_unless_fusion_is_promised_safe(cells):
+    from simulate import tabulate
+    from tests.kernel_examples.starting_frames import argon_fcc
+
+    module = types_module.ModuleType("shared_product")
+    module.SPECIES, module.MASSES_AMU, module.CUTOFF_ANGSTROM = ("Ar",), (39.948,), 6.0
+    module.pair_energy_force = _shared_product_law
+    _, positions, box = argon_fcc(cells)
+    positions = positions + np.random.default_rng(1).normal(0.0, 0.1, positions.shape)
+    types = np.zeros(len(positions), dtype=np.int64)
+    neighbors = partition.neighbor_list(positions, box, 6.0, 1.0, half=True)
+    assert partition.lists_every_pair(neighbors) == (cells == 3)
+    tabulated = tabulate.tabulate_kernel_module(_with_reference(module))
+    assert tabulated.FUSED_MULTIPLY_ADD is True and not hasattr(module, "FUSED_MULTIPLY_ADD")
+    for kernel in (module, tabulated):
+        loops = energy.force_loops(kernel)
+        work = energy.workspace(loops, len(positions), neighbors.box_angstrom)
+        args = (positions, types, box, neighbors.neighbors, neighbors.counts, neighbors.order, neighbors.layer_start,
+                neighbors.image, neighbors.wrap_angstrom, 6.0, 0.0, work)
+        for parallel in (False, True):
+            full = loops.half[parallel](*args)[0].copy()
+            forces_only = loops.half_forces_only[parallel](*args)[0].copy()
+            assert np.array_equal(full, forces_only)
+            assert np.abs(full).max() > 0.01
+
+
+def _with_reference(module):
+    """``module`` with the O(N²) reference the kernel contract asks for."""
+    from simulate.reference import compile_reference
+
+    module.energy_forces = compile_reference({"pair_energy_force": module.pair_energy_force,
+                                              "CUTOFF_ANGSTROM": module.CUTOFF_ANGSTROM}, molecular=False,
+                                             threebody=False)
+    return module

@@ -118,14 +118,19 @@ def test_cell_list_entries_carry_the_minimum_image_of_their_pair(half):
     assert len(set(np.unique(nl.image[nl.neighbors >= 0]))) > 9  # entries across faces, edges and corners
 
 
-def test_small_box_full_list_lists_every_image_within_reach_once():
-    # edge 9.1 Å < 2 × 5.5 Å: two images of one atom can both be within reach, and both are listed
+@pytest.mark.parametrize("half", [False, True])
+def test_small_box_lists_every_image_within_reach_once(half):
+    # edge 9.1 Å < 2 × 5.5 Å: two images of one atom can both be within reach, and both are listed;
+    # a half list of this few atoms would list every pair (see the next test), so the half one has more
     box = np.array([9.1, 15.5, 9.1])
-    positions = random_positions(150, box, 6)
-    nl = partition.neighbor_list(positions, box, cutoff_angstrom=4.5, skin_angstrom=1.0)
-    assert nl.cells_per_side == (1, 1, 1)
+    n = partition.ALL_PAIRS_MAX_ATOMS + 44 if half else 150
+    positions = random_positions(n, box, 6)
+    nl = partition.neighbor_list(positions, box, cutoff_angstrom=4.5, skin_angstrom=1.0, half=half)
+    assert nl.cells_per_side == (1, 1, 1) and not partition.lists_every_pair(nl)
     i, j, d = entries(nl, positions)
     listed = [(a, b, *np.round(v, 6)) for a, b, v in zip(i, j, d)]
+    if half:
+        listed += [(b, a, *np.round(-v, 6)) for a, b, v in zip(i, j, d)]
     assert len(set(listed)) == len(listed)  # no image twice
     nearest = minimum_image(positions[:, None, :] - positions[None, :, :], np.diag(box))
     expected = set()
@@ -139,8 +144,9 @@ def test_small_box_full_list_lists_every_image_within_reach_once():
 
 
 def test_small_box_half_list_lists_nothing_and_is_never_rebuilt():
-    """A small box's half list is every pair (its force loop takes them all, by minimum image): it
-    holds no entry, and no move makes it stale; a box of three cells per side gets a cell list."""
+    """A small box's half list of few atoms is every pair (its force loop takes them all, by minimum
+    image): it holds no entry, and no move makes it stale; a box of three cells per side gets a cell
+    list, and a small box of many atoms a brute-force one."""
     box = np.array([9.1, 15.5, 9.1])
     positions = random_positions(150, box, 7)
     nl = partition.neighbor_list(positions, box, cutoff_angstrom=4.5, skin_angstrom=1.0, half=True)
@@ -154,3 +160,7 @@ def test_small_box_half_list_lists_nothing_and_is_never_rebuilt():
     assert partition.update(nl, moved) is nl
     cells = partition.neighbor_list(positions, 3 * box, cutoff_angstrom=4.5, skin_angstrom=1.0, half=True)
     assert not partition.lists_every_pair(cells) and cells.neighbors.shape[1] > 0
+    many = random_positions(partition.ALL_PAIRS_MAX_ATOMS + 1, box, 8)
+    brute = partition.neighbor_list(many, box, cutoff_angstrom=4.5, skin_angstrom=1.0, half=True)
+    assert brute.cells_per_side == (1, 1, 1) and not partition.lists_every_pair(brute)
+    assert partition.needs_rebuild(brute, many + 3.0)

@@ -196,3 +196,22 @@ def test_report_says_plainly_when_a_learned_rdf_has_no_first_peak():
     lines = [line for line in report.verdicts(run) if line.startswith("g_OH")]
     assert len(lines) == 1 and "where CP2K has none" in lines[0] and "nan" not in lines[0]
     assert report._peak_cell(entry) == "2.100"
+
+
+def test_simulate_cli_resumes_a_closed_form_run_as_one_by_default(finished_run, small_dataset, tmp_path):
+    """A run of the closed form (the default before tables) resumes with the closed form, bit for bit."""
+    models, _ = finished_run
+    first, _ = _simulate_pairwise(models, small_dataset, tmp_path / "broken", "--no-tabulate")
+    assert first.exit_code == 0, first.output
+    args = ["simulate", str(models / "pairwise"), "--init", f"{small_dataset}:3", "--steps", "60", "--thermostat",
+            "nve", "--trajectory-every", "20"]
+    resumed = CliRunner().invoke(app, [*args, "--resume", "--out", str(tmp_path / "broken")])
+    assert resumed.exit_code == 0, resumed.output
+    assert "closed form, as the checkpoint's run" in resumed.output
+    unbroken = CliRunner().invoke(app, [*args, "--no-tabulate", "--out", str(tmp_path / "unbroken")])
+    assert unbroken.exit_code == 0, unbroken.output
+    from simulate.trajectory import read_trajectory
+
+    a, b = read_trajectory(tmp_path / "broken" / "trajectory.xyz"), read_trajectory(tmp_path / "unbroken" / "trajectory.xyz")
+    assert a["positions"].shape[0] == b["positions"].shape[0] == 4
+    np.testing.assert_array_equal(a["positions"], b["positions"])
