@@ -417,8 +417,8 @@ def simulate_command(
         help="Run the pair laws (and three-body radial factors) from exactly conservative quintic tables "
              "(each law's pair or triplet force within 1e-8 eV/Å of its closed form; 2.2–3.0× faster for the "
              "learned pair laws, see benchmarks/results/simulate.md). The default, falling back to the "
-             "closed form, with a note, for a model whose laws cannot be tabulated; --no-tabulate runs the "
-             "closed form itself.")] = None,
+             "closed form, with a note, for a model whose laws cannot be tabulated, and with --resume as the "
+             "checkpoint's run did; --no-tabulate runs the closed form itself.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")] = Path("runs/default"),
 ):
     """Run MD of a learned model: thermo.csv, trajectory.xyz (extended XYZ), checkpoint.npz."""

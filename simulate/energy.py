@@ -77,8 +77,10 @@ class ForceResult(NamedTuple):
 # per pair (Horner steps, force sums); fused, the pair pass of the learned water takes 5–8 % less time
 # (tabulated; 96 and 6,144 atoms) and the tabulated many-body pass 12 % less. Every pass, serial or
 # parallel, full or forces-only, is compiled with the same flag; LLVM fuses only a product of a single
-# use, so the full and forces-only passes agree bit for bit as long as no product of the inlined kernel
-# feeds both its energy and its force (the promise the flag makes). Other modules run unfused.
+# use, so the full and forces-only passes agree bit for bit as long as no product of the inlined pair
+# kernel feeds both its energy and its force (the promise the flag makes; the triplet energies are summed
+# in the forces-only pass too, see centre_chunk, so a fused triplet law fuses alike in both). Other
+# modules run unfused.
 CONTRACT = {"contract"}
 TRIPLET_CHUNK = 32  # centres per parallel task of the three-body pass
 
@@ -275,6 +277,10 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
         Its share of Σ r·F is −(r_kj ∂w/∂r_kj + r_kl ∂w/∂r_kl): the cos θ terms cancel. The neighbours
         are visited in order of species (``perm``, a stable sort of the slots), so the kernel's branches
         on the species go the same way many times running.
+
+        The energy ``e`` of every centre is summed in the forces-only pass too: a closed-form triplet
+        law inlined with FMA contraction (see CONTRACT) then fuses the same products in both passes,
+        whose forces agree bit for bit. Keep it so.
 
         A centre's work is written out here, not in a function of its own: an inlined function with
         array arguments costs reference-count updates (atomic instructions) on every call, which

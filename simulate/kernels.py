@@ -32,7 +32,8 @@ Optional, for speed:
 ``FUSED_MULTIPLY_ADD``
     ``True`` lets the force loops fuse the inlined kernels' multiplies and adds (FMA, see
     ``simulate.energy.CONTRACT``): a promise that no product in the pair kernel feeds both its energy
-    and its force. LLVM fuses a product only where it has a single use, so a product shared by the
+    and its force (the three-body and bonded passes compute their energies in every pass, so their
+    laws need no such promise). LLVM fuses a product only where it has a single use, so a product shared by the
     two would be fused in the forces-only pass (the energy gone) but not in the full one, and the
     two would give forces that differ in their last bits. Tabulated modules set it.
 

@@ -217,10 +217,15 @@ def write_checkpoint(path: Path, step: int, state, settings: dict, thermo_bytes:
 def read_checkpoint(path: Path) -> tuple[dict, dict]:
     """(meta, arrays) of a checkpoint file."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise TypeError("not an .npz archive")
+        with loaded as npz:
             arrays = {k: npz[k] for k in npz.files if k != "meta"}
             meta = json.loads(str(npz["meta"]))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        if not isinstance(meta, dict) or not isinstance(meta.get("settings"), dict):
+            raise TypeError("its metadata is not a table of settings")
+    except (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
     if meta.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(f"{path}: checkpoint version {meta.get('version')}, expected {CHECKPOINT_VERSION}")
@@ -233,7 +238,7 @@ def checkpoint_written_by(out_dir: Path, kernel_module: ModuleType) -> bool:
     if not path.is_file():
         return False
     meta, _ = read_checkpoint(path)
-    return meta.get("settings", {}).get("kernel") == _kernel_fingerprint(kernel_module)
+    return meta["settings"].get("kernel") == _kernel_fingerprint(kernel_module)
 
 
 def _restore(meta: dict, arrays: dict, masses, force_fn, box, cutoff, skin):

@@ -89,8 +89,9 @@ class NeighborList(NamedTuple):
     A force loop then needs no minimum image per pair (see the module notes), but for a list of
     every pair (below), which takes the minimum image of each.
 
-    A small box's half list has rows of no slots (capacity 0), no counts, atoms in their own order
-    in one layer, and no wraps: its force loop takes every pair (:func:`lists_every_pair`).
+    A small box's half list of at most ``ALL_PAIRS_MAX_ATOMS`` atoms has rows of no slots (capacity
+    0), no counts, atoms in their own order in one layer, and no wraps: its force loop takes every
+    pair (:func:`lists_every_pair`).
     """
 
     neighbors: np.ndarray  # (N, capacity) int32
@@ -450,8 +451,8 @@ def neighbor_list(
     """Build a Verlet list of every periodic image of a pair closer than ``cutoff + skin`` (Å).
 
     One entry per pair in boxes of three cells or more per side (its one image within reach); in
-    smaller boxes one entry per image within reach for a full list, none for a half list (its force
-    loop takes every pair, see the module notes).
+    smaller boxes one entry per image within reach, or none for a half list of at most
+    ``ALL_PAIRS_MAX_ATOMS`` atoms (its force loop takes every pair, see the module notes).
 
     ``half=False``: every pair from both ends; ``half=True``: every pair once (see the module notes).
     """

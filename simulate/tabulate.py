@@ -804,8 +804,10 @@ def tabulate_kernel_module(
     module.PAIR_TABLES = tuple(tables["pair"].values()) + tuple(tables["intra"].values())
     module.RADIAL_TABLES = tuple(t for t in radial.values() if t is not _NO_LAW)
     module.SOURCE_KERNEL_MODULE = kernel_module
-    # the lookups share no product between energy and force (the energy's quintic, the force's quartic);
-    # the closed form, called outside the tables, is compiled on its own, unfused
+    # the pair lookups share no product between energy and force (the energy's quintic, the force's
+    # quartic); the closed pair law, called outside the tables, is compiled on its own, unfused. (A
+    # closed-form triplet law passed through is inlined and fused, but the three-body passes sum its
+    # energy in the forces-only pass too, see simulate.energy.CONTRACT.)
     module.FUSED_MULTIPLY_ADD = True
     module.FORCE_TOLERANCE_EV_PER_ANGSTROM = float(force_tolerance_ev_per_angstrom)
     check_kernel_module(module, f"tabulated {label}")

@@ -128,6 +128,22 @@ def test_blocks_with_forces_only_steps_are_bit_for_bit_the_stepwise_integrator(t
     assert energy.force_loops(kernel).half_forces_only[0].signatures  # the forces-only variant ran
 
 
+def test_compiled_run_on_a_small_box_of_many_atoms_rebuilds_its_brute_force_list_bit_for_bit(tmp_path, morse):
+    # 288 atoms in a slab one 9.9 Å list cell thick: too many for every pair, so a brute-force half list,
+    # rebuilt inside the blocks (a thin skin)
+    species, positions, box, velocities = water32_frame()
+    positions, species, box = setup.replicate(positions, species, box, (3, 1, 1))
+    velocities = np.tile(velocities, (3, 1))
+    result = md.simulate(morse, species, positions, box, velocities, steps=60, dt_fs=0.5, thermostat="nve",
+                         out_dir=tmp_path, thermo_every=13, trajectory_every=1000, checkpoint_every=1000,
+                         skin_angstrom=0.3)
+    state, builds = stepwise(morse, species, positions, box, velocities, "nve", 60, 0.5, 0.3)
+    assert result.state.neighbors.cells_per_side == (1, 1, 1)
+    assert not partition.lists_every_pair(result.state.neighbors)
+    assert builds == result.neighbor_builds > 2
+    assert_same_state(result.state, state)
+
+
 def test_the_forces_only_pass_is_used_for_big_boxes_and_long_runs():
     assert integrate.uses_forces_only(integrate.FORCES_ONLY_MIN_ATOMS)
     assert not integrate.uses_forces_only(96)

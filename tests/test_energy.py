@@ -318,6 +318,9 @@ def test_forces_only_pass_gives_the_full_pass_forces_bit_for_bit_unless_fusion_i
     assert partition.lists_every_pair(neighbors) == (cells == 3)
     tabulated = tabulate.tabulate_kernel_module(_with_reference(module))
     assert tabulated.FUSED_MULTIPLY_ADD is True and not hasattr(module, "FUSED_MULTIPLY_ADD")
+    # the tables' loops fuse (FMA), the closed form's do not
+    assert energy.force_loops(tabulated).half[0].targetoptions.get("fastmath")
+    assert not energy.force_loops(module).half[0].targetoptions.get("fastmath")
     for kernel in (module, tabulated):
         loops = energy.force_loops(kernel)
         work = energy.workspace(loops, len(positions), neighbors.box_angstrom)

@@ -215,3 +215,12 @@ def test_simulate_cli_resumes_a_closed_form_run_as_one_by_default(finished_run, 
     a, b = read_trajectory(tmp_path / "broken" / "trajectory.xyz"), read_trajectory(tmp_path / "unbroken" / "trajectory.xyz")
     assert a["positions"].shape[0] == b["positions"].shape[0] == 4
     np.testing.assert_array_equal(a["positions"], b["positions"])
+
+
+def test_simulate_cli_resume_from_a_corrupt_checkpoint_is_one_line(finished_run, small_dataset, tmp_path):
+    models, _ = finished_run
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.npz").write_bytes(b"")
+    result, _ = _simulate_pairwise(models, small_dataset, tmp_path / "run", "--resume")
+    assert result.exit_code == 1
+    assert "cannot read checkpoint" in result.output and "Traceback" not in result.output
