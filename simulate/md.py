@@ -214,14 +214,14 @@ def write_checkpoint(path: Path, step: int, state, settings: dict, thermo_bytes:
         np.savez(handle, meta=np.array(json.dumps(meta)), **arrays)
 
 
-def read_checkpoint(path: Path) -> tuple[dict, dict]:
-    """(meta, arrays) of a checkpoint file."""
+def read_checkpoint(path: Path, arrays: bool = True) -> tuple[dict, dict]:
+    """(meta, arrays) of a checkpoint file; without ``arrays``, its metadata alone (and no arrays)."""
     try:
         loaded = np.load(path, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):
             raise TypeError("not an .npz archive")
         with loaded as npz:
-            arrays = {k: npz[k] for k in npz.files if k != "meta"}
+            contents = {k: npz[k] for k in npz.files if k != "meta"} if arrays else {}
             meta = json.loads(str(npz["meta"]))
         if not isinstance(meta, dict) or not isinstance(meta.get("settings"), dict):
             raise TypeError("its metadata is not a table of settings")
@@ -229,7 +229,7 @@ def read_checkpoint(path: Path) -> tuple[dict, dict]:
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
     if meta.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(f"{path}: checkpoint version {meta.get('version')}, expected {CHECKPOINT_VERSION}")
-    return meta, arrays
+    return meta, contents
 
 
 def checkpoint_written_by(out_dir: Path, kernel_module: ModuleType) -> bool:
@@ -237,7 +237,7 @@ def checkpoint_written_by(out_dir: Path, kernel_module: ModuleType) -> bool:
     path = Path(out_dir) / "checkpoint.npz"
     if not path.is_file():
         return False
-    meta, _ = read_checkpoint(path)
+    meta, _ = read_checkpoint(path, arrays=False)
     return meta["settings"].get("kernel") == _kernel_fingerprint(kernel_module)
 
 

@@ -224,3 +224,22 @@ def test_simulate_cli_resume_from_a_corrupt_checkpoint_is_one_line(finished_run,
     result, _ = _simulate_pairwise(models, small_dataset, tmp_path / "run", "--resume")
     assert result.exit_code == 1
     assert "cannot read checkpoint" in result.output and "Traceback" not in result.output
+
+
+def test_simulate_cli_resumes_a_tabulated_run_tabulated_by_default(finished_run, small_dataset, tmp_path):
+    from simulate.trajectory import read_trajectory
+
+    models, _ = finished_run
+    first, _ = _simulate_pairwise(models, small_dataset, tmp_path / "broken")
+    assert first.exit_code == 0, first.output
+    args = ["simulate", str(models / "pairwise"), "--init", f"{small_dataset}:3", "--steps", "60", "--thermostat",
+            "nve", "--trajectory-every", "20"]
+    resumed = CliRunner().invoke(app, [*args, "--resume", "--out", str(tmp_path / "broken")])
+    assert resumed.exit_code == 0, resumed.output
+    assert "as the checkpoint's run" not in resumed.output
+    unbroken = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "unbroken")])
+    assert unbroken.exit_code == 0, unbroken.output
+    a = read_trajectory(tmp_path / "broken" / "trajectory.xyz")
+    b = read_trajectory(tmp_path / "unbroken" / "trajectory.xyz")
+    assert a["positions"].shape[0] == 4
+    np.testing.assert_array_equal(a["positions"], b["positions"])
