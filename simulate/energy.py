@@ -519,6 +519,7 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
             inverse_lx, inverse_ly, inverse_lz = 1.0 / lx, 1.0 / ly, 1.0 / lz
             rc2 = cutoff * cutoff
             r32 = cutoff3 * cutoff3 if with_triplets else 0.0
+            reach2 = max(rc2, r32)
             # the rows in 2K consecutive blocks (see row_blocks); the even blocks run in parallel, then
             # the odd ones, so blocks of one phase never write the same atom. The blocks depend on the
             # layers alone, never on the threads, so the sums run in the same order for any thread count.
@@ -547,7 +548,6 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                     for p in range(first, last):
                         xi, yi, zi = cell_positions[p, 0], cell_positions[p, 1], cell_positions[p, 2]
                         ti = cell_types[p]
-                        reach2 = max(rc2, r32)
                         m = 0
                         if all_pairs:
                             # the displacements to every later atom, in a loop the compiler vectorises
@@ -575,20 +575,21 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                                 near_d[slot, 1] = by[j]
                                 near_d[slot, 2] = bz[j]
                                 near_d[slot, 3] = br[j]
-                        for a in range(counts[p]):
-                            # unsigned indices: Numba then skips the wrap-around of negative indices on every access
-                            j = np.uint32(neighbors[p, a])
-                            c = np.uint8(image[p, a])
-                            dx = xi - cell_positions[j, 0] - shifts[c, 0]
-                            dy = yi - cell_positions[j, 1] - shifts[c, 1]
-                            dz = zi - cell_positions[j, 2] - shifts[c, 2]
-                            r2 = dx * dx + dy * dy + dz * dz
-                            near_j[m] = j
-                            near_d[m, 0] = dx
-                            near_d[m, 1] = dy
-                            near_d[m, 2] = dz
-                            near_d[m, 3] = r2
-                            m += r2 < reach2
+                        else:
+                            for a in range(counts[p]):
+                                # unsigned indices: Numba then skips the wrap-around of negative indices on every access
+                                j = np.uint32(neighbors[p, a])
+                                c = np.uint8(image[p, a])
+                                dx = xi - cell_positions[j, 0] - shifts[c, 0]
+                                dy = yi - cell_positions[j, 1] - shifts[c, 1]
+                                dz = zi - cell_positions[j, 2] - shifts[c, 2]
+                                r2 = dx * dx + dy * dy + dz * dz
+                                near_j[m] = j
+                                near_d[m, 0] = dx
+                                near_d[m, 1] = dy
+                                near_d[m, 2] = dz
+                                near_d[m, 3] = r2
+                                m += r2 < reach2
                         fx = 0.0
                         fy = 0.0
                         fz = 0.0
@@ -644,10 +645,9 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                         forces[p, 0] += fx
                         forces[p, 1] += fy
                         forces[p, 2] += fz
-                        if with_energy:
-                            loss[p] += e
                         r2min[p] = near
                         if with_energy:
+                            loss[p] += e
                             virial[p] = w
             energy = 0.0
             if with_energy:

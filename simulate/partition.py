@@ -376,16 +376,16 @@ def _make_build(build_cells, build_brute):
         its list here without stopping).
         """
         n = positions.shape[0]
-        if brute and half and n <= ALL_PAIRS_MAX_ATOMS:
-            # a small box's half list lists nothing: its force loop takes every pair (see the module notes)
-            return (np.empty((n, 0), dtype=np.int32), np.zeros(n, dtype=np.int32), np.empty((n, 0), dtype=np.int8),
-                    np.zeros((n, 3)), np.arange(n), np.array([0, n], dtype=np.int64), 0)
         if brute:
             order = np.arange(n)
             layer_start = np.empty(2, dtype=np.int64)
             layer_start[0] = 0
             layer_start[1] = n
             cell_start = layer_start
+            if half and n <= ALL_PAIRS_MAX_ATOMS:
+                # a small box's half list lists nothing: its force loop takes every pair (see the module notes)
+                return (np.empty((n, 0), dtype=np.int32), np.zeros(n, dtype=np.int32),
+                        np.empty((n, 0), dtype=np.int8), np.zeros((n, 3)), order, layer_start, 0)
         else:
             cell_start, order, _ = _bin_atoms(positions, box, n_cells)
             layer_start = cell_start[:: n_cells[1] * n_cells[2]].copy()

@@ -455,29 +455,28 @@ def tabulate_law(law, inner: float, outer: float, force_tolerance_ev_per_angstro
     """
     name = law.name
     cells = max(4, math.ceil(4 * (outer - inner)))
+    inner_angstrom, outer_angstrom = inner, outer
     if squared:
         law = _SquaredLaw(law, float(np.nextafter(outer, -np.inf)))
-        inner_angstrom, outer_angstrom = inner, outer
-        inner, outer = _grid(inner, outer, True)
+    inner, outer = _grid(inner, outer, squared)  # in the table's variable
+    unit = "Å²" if squared else "Å"
     # per pair, eV: the force tolerance times 0.1 Å. A quintic cell's energy error is ~h/20 of its
     # force error, so this binds only on coarse grids.
     tolerance_energy = force_tolerance_ev_per_angstrom * 0.1
     while True:
         coefficients, force_error, energy_error = _build(law, inner, outer, cells)
         if not (np.isfinite(force_error) and np.isfinite(energy_error)):
-            raise TabulationError(f"law {name}: not finite on [{inner:.4f}, {outer:.4f}] {'Å²' if squared else 'Å'}")
+            raise TabulationError(f"law {name}: not finite on [{inner:.4f}, {outer:.4f}] {unit}")
         if force_error <= force_tolerance_ev_per_angstrom and energy_error <= tolerance_energy:
-            if squared:
-                return LawTable(name, inner_angstrom, outer_angstrom, cells, coefficients, force_error, energy_error,
-                                True)
-            return LawTable(name, inner, outer, cells, coefficients, force_error, energy_error)
+            return LawTable(name, inner_angstrom, outer_angstrom, cells, coefficients, force_error, energy_error,
+                            squared)
         ratio = max(force_error / force_tolerance_ev_per_angstrom, energy_error / tolerance_energy)
         grown = math.ceil(cells * min(max(ratio**0.2 * 1.15, 1.25), 16.0))
         if grown > MAX_CELLS and cells < MAX_CELLS:
             grown = MAX_CELLS  # the largest table is tried once before giving up
         if grown > MAX_CELLS:
             raise TabulationError(
-                f"law {name}: {cells} cells on [{inner:.4f}, {outer:.4f}] {'Å²' if squared else 'Å'} still miss "
+                f"law {name}: {cells} cells on [{inner:.4f}, {outer:.4f}] {unit} still miss "
                 f"the force by {force_error:.2e} eV/Å (tolerance {force_tolerance_ev_per_angstrom:.1e}); a joint the scan "
                 "did not find, or a law too steep to tabulate")
         cells = grown

@@ -102,11 +102,11 @@ def test_simulate_cli_runs_a_replicated_box(finished_run, small_dataset, tmp_pat
     assert np.allclose(traj["box"][0], [2 * 9.865406, 9.865406, 9.865406])
 
 
-def _simulate_pairwise(models, small_dataset, out, *flags):
+def _simulate_pairwise(models, small_dataset, out, *flags, steps=40):
     from simulate.trajectory import read_trajectory
 
     result = CliRunner().invoke(app, ["simulate", str(models / "pairwise"), "--init", f"{small_dataset}:3",
-                                      "--steps", "40", "--thermostat", "nve", "--trajectory-every", "20",
+                                      "--steps", str(steps), "--thermostat", "nve", "--trajectory-every", "20",
                                       *flags, "--out", str(out)])
     return result, (read_trajectory(out / "trajectory.xyz") if result.exit_code == 0 else None)
 
@@ -198,21 +198,18 @@ def test_report_says_plainly_when_a_learned_rdf_has_no_first_peak():
     assert report._peak_cell(entry) == "2.100"
 
 
-def test_simulate_cli_resumes_a_closed_form_run_as_one_by_default(finished_run, small_dataset, tmp_path):
-    """A run of the closed form (the default before tables) resumes with the closed form, bit for bit."""
+# closed form: the default before tables
+@pytest.mark.parametrize(("flags", "closed"), [(("--no-tabulate",), True), ((), False)])
+def test_simulate_cli_resumes_a_run_by_default_as_it_ran_bit_for_bit(finished_run, small_dataset, tmp_path, flags,
+                                                                      closed):
     models, _ = finished_run
-    first, _ = _simulate_pairwise(models, small_dataset, tmp_path / "broken", "--no-tabulate")
+    first, _ = _simulate_pairwise(models, small_dataset, tmp_path / "broken", *flags)
     assert first.exit_code == 0, first.output
-    args = ["simulate", str(models / "pairwise"), "--init", f"{small_dataset}:3", "--steps", "60", "--thermostat",
-            "nve", "--trajectory-every", "20"]
-    resumed = CliRunner().invoke(app, [*args, "--resume", "--out", str(tmp_path / "broken")])
+    resumed, a = _simulate_pairwise(models, small_dataset, tmp_path / "broken", "--resume", steps=60)
     assert resumed.exit_code == 0, resumed.output
-    assert "closed form, as the checkpoint's run" in resumed.output
-    unbroken = CliRunner().invoke(app, [*args, "--no-tabulate", "--out", str(tmp_path / "unbroken")])
+    assert ("closed form, as the checkpoint's run" in resumed.output) == closed
+    unbroken, b = _simulate_pairwise(models, small_dataset, tmp_path / "unbroken", *flags, steps=60)
     assert unbroken.exit_code == 0, unbroken.output
-    from simulate.trajectory import read_trajectory
-
-    a, b = read_trajectory(tmp_path / "broken" / "trajectory.xyz"), read_trajectory(tmp_path / "unbroken" / "trajectory.xyz")
     assert a["positions"].shape[0] == b["positions"].shape[0] == 4
     np.testing.assert_array_equal(a["positions"], b["positions"])
 
@@ -224,22 +221,3 @@ def test_simulate_cli_resume_from_a_corrupt_checkpoint_is_one_line(finished_run,
     result, _ = _simulate_pairwise(models, small_dataset, tmp_path / "run", "--resume")
     assert result.exit_code == 1
     assert "cannot read checkpoint" in result.output and "Traceback" not in result.output
-
-
-def test_simulate_cli_resumes_a_tabulated_run_tabulated_by_default(finished_run, small_dataset, tmp_path):
-    from simulate.trajectory import read_trajectory
-
-    models, _ = finished_run
-    first, _ = _simulate_pairwise(models, small_dataset, tmp_path / "broken")
-    assert first.exit_code == 0, first.output
-    args = ["simulate", str(models / "pairwise"), "--init", f"{small_dataset}:3", "--steps", "60", "--thermostat",
-            "nve", "--trajectory-every", "20"]
-    resumed = CliRunner().invoke(app, [*args, "--resume", "--out", str(tmp_path / "broken")])
-    assert resumed.exit_code == 0, resumed.output
-    assert "as the checkpoint's run" not in resumed.output
-    unbroken = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "unbroken")])
-    assert unbroken.exit_code == 0, unbroken.output
-    a = read_trajectory(tmp_path / "broken" / "trajectory.xyz")
-    b = read_trajectory(tmp_path / "unbroken" / "trajectory.xyz")
-    assert a["positions"].shape[0] == 4
-    np.testing.assert_array_equal(a["positions"], b["positions"])
