@@ -526,15 +526,31 @@ def _rows(tables: dict[tuple[int, ...], LawTable], shape: tuple[int, ...]) -> _R
                  np.array(first_cell, dtype=np.int64), np.ascontiguousarray(np.concatenate(blocks)), kinds.pop() if kinds else None)
 
 
-def _force_coefficients(rows: _Rows) -> np.ndarray:
-    """(Σ cells + 1, COEFFICIENTS_PER_CELL): row k holds d_q = −2 (q + 1) c_{q+1} / h, q = 0…4, of the
-    r² table's cell k (h the step of its law), so that the force over r, −2 p'(σ)/h, is the quartic
-    Σ d_q σ^q: no multiplication by the orders or the step per pair."""
+def _derivative_coefficients(rows: _Rows, scale: float) -> np.ndarray:
+    """(Σ cells + 1, COEFFICIENTS_PER_CELL): row k holds d_q = scale (q + 1) c_{q+1} / h, q = 0…4, of cell k
+    (h the step of its law), so that ``scale`` times the derivative of cell k's quintic in x is the quartic
+    Σ d_q σ^q: no multiplication by the orders or the step per lookup."""
     rows_per_table = np.diff(np.append(rows.first_cell, rows.coefficients.shape[0]))
-    scale = np.repeat(-2.0 * rows.inverse_step, rows_per_table)
+    per_cell = np.repeat(scale * rows.inverse_step, rows_per_table)
     out = np.zeros_like(rows.coefficients)
-    out[:, :5] = rows.coefficients[:, 1:6] * np.arange(1.0, 6.0) * scale[:, None]
+    out[:, :5] = rows.coefficients[:, 1:6] * np.arange(1.0, 6.0) * per_cell[:, None]
     return out
+
+
+def _force_coefficients(rows: _Rows) -> np.ndarray:
+    """The quartics of −2 du/ds of an r² table (s = r²): the force over r, −u'(r)/r, per cell."""
+    return _derivative_coefficients(rows, -2.0)
+
+
+@numba.njit(inline="always")
+def _quartic(coefficients, row, s):
+    """Σ_q d_q s^q of a row of :func:`_derivative_coefficients`."""
+    d0 = coefficients[row, 0]
+    d1 = coefficients[row, 1]
+    d2 = coefficients[row, 2]
+    d3 = coefficients[row, 3]
+    d4 = coefficients[row, 4]
+    return d0 + s * (d1 + s * (d2 + s * (d3 + s * d4)))
 
 
 def _make_kernel_r2(closed_form, rows: _Rows):
@@ -570,12 +586,7 @@ def _make_kernel_r2(closed_form, rows: _Rows):
         # the energy's quintic (its derivative, unused, and a forces-only pass's energy, are compiled away)
         u, _ = _cell(coefficients, first_cell[pair], inverse_step[pair], lo, r2)
         row, s = _locate(first_cell[pair], inverse_step[pair], lo, r2)
-        d0 = force_coefficients[row, 0]
-        d1 = force_coefficients[row, 1]
-        d2 = force_coefficients[row, 2]
-        d3 = force_coefficients[row, 3]
-        d4 = force_coefficients[row, 4]
-        return u, d0 + s * (d1 + s * (d2 + s * (d3 + s * d4)))
+        return u, _quartic(force_coefficients, row, s)
 
     return tabulated_energy_force_r2
 
@@ -625,6 +636,7 @@ def _make_radial_kernel(closed_form, rows: _Rows, cutoff3: float):
     inverse_step = rows.inverse_step
     first_cell = rows.first_cell
     coefficients = rows.coefficients
+    slope_coefficients = _derivative_coefficients(rows, 1.0)
 
     @numba.njit
     def tabulated_triplet_radial(type_k, type_j, type_other, r):
@@ -634,7 +646,10 @@ def _make_radial_kernel(closed_form, rows: _Rows, cutoff3: float):
         lo = inner[row]
         if r < lo:
             return closed_form(type_k, type_j, type_other, r)
-        return _cell(coefficients, first_cell[row], inverse_step[row], lo, r)
+        # the quintic's value, and its slope from a quartic of its own (see _derivative_coefficients)
+        u, _ = _cell(coefficients, first_cell[row], inverse_step[row], lo, r)
+        cell, s = _locate(first_cell[row], inverse_step[row], lo, r)
+        return u, _quartic(slope_coefficients, cell, s)
 
     return tabulated_triplet_radial
 
