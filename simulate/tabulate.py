@@ -631,10 +631,13 @@ def _make_radial_kernel(closed_form, rows: _Rows, cutoff3: float):
     inner (and for a leg without a table), exactly (0, 0) at and beyond r_3."""
     if rows.squared:
         raise ValueError("this kernel reads tables in r")
-    row_of_legs = rows.row_of_types
-    inner = rows.inner
-    inverse_step = rows.inverse_step
-    first_cell = rows.first_cell
+    # each leg's range and offset read by the leg itself ((k·S + j)·S + other), not through its row: one
+    # dependent load less, as in _make_kernel_r2
+    n_species = rows.row_of_types.shape[0]
+    row_of_leg = rows.row_of_types.ravel()
+    inner = np.ascontiguousarray(rows.inner[row_of_leg])
+    inverse_step = np.ascontiguousarray(rows.inverse_step[row_of_leg])
+    first_cell = np.ascontiguousarray(rows.first_cell[row_of_leg])
     coefficients = rows.coefficients
     slope_coefficients = _derivative_coefficients(rows, 1.0)
 
@@ -642,13 +645,13 @@ def _make_radial_kernel(closed_form, rows: _Rows, cutoff3: float):
     def tabulated_triplet_radial(type_k, type_j, type_other, r):
         if r >= cutoff3:
             return 0.0, 0.0
-        row = row_of_legs[type_k, type_j, type_other]
-        lo = inner[row]
+        leg = (type_k * n_species + type_j) * n_species + type_other
+        lo = inner[leg]
         if r < lo:
             return closed_form(type_k, type_j, type_other, r)
         # the quintic's value, and its slope from a quartic of its own (see _derivative_coefficients)
-        u, _ = _cell(coefficients, first_cell[row], inverse_step[row], lo, r)
-        cell, s = _locate(first_cell[row], inverse_step[row], lo, r)
+        u, _ = _cell(coefficients, first_cell[leg], inverse_step[leg], lo, r)
+        cell, s = _locate(first_cell[leg], inverse_step[leg], lo, r)
         return u, _quartic(slope_coefficients, cell, s)
 
     return tabulated_triplet_radial
