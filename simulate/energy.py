@@ -59,7 +59,13 @@ import numpy as np
 from numba import prange
 
 from simulate import partition, topology
-from simulate.kernels import check_separable_triplets, has_separable_triplets, has_threebody, is_molecular
+from simulate.kernels import (
+    MAX_COS_DEGREE,
+    check_separable_triplets,
+    has_separable_triplets,
+    has_threebody,
+    is_molecular,
+)
 from simulate.space import box_lengths
 
 
@@ -105,6 +111,7 @@ def _no_radial(type_k, type_j, type_other, r):
 # zzz, xxy, xxz, xyy, yyz, xzz, yzz, xyz. 20 sums for a cubic instead of 40 (1 + 3 + 9 + 27).
 _SYMMETRIC_POWERS = (0, 1, 1, 1, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3)
 _SYMMETRIC_WEIGHTS = (1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 1, 1, 1, 3, 3, 3, 3, 3, 3, 6)
+assert MAX_COS_DEGREE == max(_SYMMETRIC_POWERS)  # the moment pass writes out the components up to cubes
 
 
 def _moment_layout(cos_polynomial) -> tuple:
@@ -119,7 +126,7 @@ def _moment_layout(cos_polynomial) -> tuple:
     poly = np.ascontiguousarray(cos_polynomial, dtype=np.float64)
     degree = poly.shape[3] - 1
     n_species = poly.shape[0]
-    n_components = (1, 4, 10, 20)[degree]
+    n_components = sum(1 for power in _SYMMETRIC_POWERS if power <= degree)
     power = np.array(_SYMMETRIC_POWERS[:n_components], dtype=np.int64)
     coefficient = np.ascontiguousarray(poly[:, :, :, power])
     half_weight = 0.5 * np.array(_SYMMETRIC_WEIGHTS[:n_components], dtype=np.float64)
@@ -386,29 +393,10 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                                 m17 += rzz * ux
                                 m18 += rzz * uy
                                 m19 += rxy * uz
-                        moments[b, c, 0] = m0
-                        if degree >= 1:
-                            moments[b, c, 1] = m1
-                            moments[b, c, 2] = m2
-                            moments[b, c, 3] = m3
-                        if degree >= 2:
-                            moments[b, c, 4] = m4
-                            moments[b, c, 5] = m5
-                            moments[b, c, 6] = m6
-                            moments[b, c, 7] = m7
-                            moments[b, c, 8] = m8
-                            moments[b, c, 9] = m9
-                        if degree >= 3:
-                            moments[b, c, 10] = m10
-                            moments[b, c, 11] = m11
-                            moments[b, c, 12] = m12
-                            moments[b, c, 13] = m13
-                            moments[b, c, 14] = m14
-                            moments[b, c, 15] = m15
-                            moments[b, c, 16] = m16
-                            moments[b, c, 17] = m17
-                            moments[b, c, 18] = m18
-                            moments[b, c, 19] = m19
+                        summed = (m0, m1, m2, m3, m4, m5, m6, m7, m8, m9,
+                                  m10, m11, m12, m13, m14, m15, m16, m17, m18, m19)
+                        for q in range(n_components):
+                            moments[b, c, q] = summed[q]
                 # the adjoint ∂E/∂T_b|c = p T_c|b, and the energy where it is read (see the pass's
                 # with_energy), in two partial sums per b, c: one chain of dependent additions per centre
                 # cost latency
@@ -450,7 +438,7 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                         for c in range(n_species):
                             big_r = rad[s, c]
                             # ⟨G^n, û^⊗n⟩ and its û-gradient n G^n·û^⊗(n−1) (G^n symmetric), from the
-                            # distinct components: with t = G²·û and q = G³:û⊗û, s = G⁰ + (G¹ + t + q)·û
+                            # distinct components: with t = G²·û and q = G³:û⊗û, sv = G⁰ + (G¹ + t + q)·û
                             # and h = R (G¹ + 2t + 3q)
                             sv = adjoint[b, c, 0]
                             h0 = 0.0
@@ -563,6 +551,7 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
             forces[k, 0] += fx
             forces[k, 1] += fy
             forces[k, 2] += fz
+            # (by moments without with_energy, e is 0: a forces-only pass reads neither loss nor energy3)
             loss[k] += e
             virial[k] += wv
             energy3[k] = e

@@ -52,8 +52,9 @@ O(N³) reference use it), so the tabulated module meets the separable identity R
 tables' accuracy, not to rounding.
 
 **Cheap lookup.** One subtraction and multiply, a truncation, two Horner polynomials (the energy's
-quintic and, for a pair law in r², the force's quartic from a table of its own; the forces-only pass
-drops the energy's), each on one row of coefficients padded to 64 bytes; the species pair selects
+quintic and, for a pair law in r² or a triplet leg, the force's or slope's quartic from a table of its
+own; the forces-only pass drops the energy's), each on one row of coefficients padded to 64 bytes (the
+errors recorded for a table are its quintic's, whose derivative the quartic equals to rounding); the species pair selects
 the law's offset into one coefficient array. The arrays are closed over by ``numba.njit`` functions, so Numba freezes them
 into the compiled code as constants and the hot path holds no Python objects.
 """
@@ -194,7 +195,8 @@ def _evaluate_table(coefficients, inner, inverse_step, r):
 
 
 def evaluate_table(table: LawTable, r_angstrom: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(u eV, du/dr eV/Å) of ``table`` at each r in [inner, outer] Å, by the kernels' own lookup."""
+    """(u eV, du/dr eV/Å) of ``table`` at each r in [inner, outer] Å, by the kernels' own cell lookup (the
+    quintic and its exact derivative; the kernels' quartics of the derivative equal it to rounding)."""
     r = np.ascontiguousarray(r_angstrom, dtype=float)
     if r.size and (r.min() < table.inner_angstrom or r.max() > table.outer_angstrom):
         raise ValueError(f"table {table.name} covers [{table.inner_angstrom}, {table.outer_angstrom}] Å only")
@@ -543,14 +545,17 @@ def _force_coefficients(rows: _Rows) -> np.ndarray:
 
 
 @numba.njit(inline="always")
-def _quartic(coefficients, row, s):
-    """Σ_q d_q s^q of a row of :func:`_derivative_coefficients`."""
-    d0 = coefficients[row, 0]
-    d1 = coefficients[row, 1]
-    d2 = coefficients[row, 2]
-    d3 = coefficients[row, 3]
-    d4 = coefficients[row, 4]
-    return d0 + s * (d1 + s * (d2 + s * (d3 + s * d4)))
+def _value_and_quartic(coefficients, derivative_coefficients, first_cell, inverse_step, inner, x):
+    """(u, Σ_q d_q σ^q) at x ≥ inner: the quintic's value, and the quartic of its cell in a table of
+    :func:`_derivative_coefficients` (the quintic's derivative, unused, is compiled away)."""
+    u, _ = _cell(coefficients, first_cell, inverse_step, inner, x)
+    row, s = _locate(first_cell, inverse_step, inner, x)
+    d0 = derivative_coefficients[row, 0]
+    d1 = derivative_coefficients[row, 1]
+    d2 = derivative_coefficients[row, 2]
+    d3 = derivative_coefficients[row, 3]
+    d4 = derivative_coefficients[row, 4]
+    return u, d0 + s * (d1 + s * (d2 + s * (d3 + s * d4)))
 
 
 def _make_kernel_r2(closed_form, rows: _Rows):
@@ -583,10 +588,8 @@ def _make_kernel_r2(closed_form, rows: _Rows):
         if r2 < lo or r2 >= outer[pair]:
             # the core, the cutoff and beyond: the closed form, exactly (√(r·r) is r in IEEE arithmetic)
             return closed_form(type_i, type_j, math.sqrt(r2))
-        # the energy's quintic (its derivative, unused, and a forces-only pass's energy, are compiled away)
-        u, _ = _cell(coefficients, first_cell[pair], inverse_step[pair], lo, r2)
-        row, s = _locate(first_cell[pair], inverse_step[pair], lo, r2)
-        return u, _quartic(force_coefficients, row, s)
+        # the energy's quintic (a forces-only pass's energy is compiled away) and the force's quartic
+        return _value_and_quartic(coefficients, force_coefficients, first_cell[pair], inverse_step[pair], lo, r2)
 
     return tabulated_energy_force_r2
 
@@ -650,9 +653,7 @@ def _make_radial_kernel(closed_form, rows: _Rows, cutoff3: float):
         if r < lo:
             return closed_form(type_k, type_j, type_other, r)
         # the quintic's value, and its slope from a quartic of its own (see _derivative_coefficients)
-        u, _ = _cell(coefficients, first_cell[leg], inverse_step[leg], lo, r)
-        cell, s = _locate(first_cell[leg], inverse_step[leg], lo, r)
-        return u, _quartic(slope_coefficients, cell, s)
+        return _value_and_quartic(coefficients, slope_coefficients, first_cell[leg], inverse_step[leg], lo, r)
 
     return tabulated_triplet_radial
 
@@ -789,7 +790,9 @@ def tabulate_kernel_module(
     settings = (float(force_tolerance_ev_per_angstrom), float(max_force_ev_per_angstrom), float(min_inner_angstrom),
                 "pair tables in r²", "force quartics")
     if radial:
-        settings += ("triplet legs",)  # not the name of an older tabulated module, which ran them closed form
+        # not the name of an older tabulated module, which ran them closed form (or took their slopes from
+        # the quintic's derivative)
+        settings += ("triplet legs", "slope quartics")
     module = ModuleType(_module_name(kernel_module, settings),
                         f"Pair laws{' and triplet legs' if radial else ''} of {label} from quintic Hermite tables "
                         "(simulate.tabulate).")

@@ -201,6 +201,88 @@ def test_separable_triplets_summed_by_moments_equal_the_triplet_by_triplet_sums(
     np.testing.assert_allclose(loss_m, loss_t, rtol=0, atol=1e-12 * np.abs(loss_t).max())
 
 
+SYNTHETIC_R3 = 3.0  # Å, the three-body cutoff of the synthetic laws below
+
+
+def _synthetic_separable_module(n_species, degree, seed):
+    """A separable law of ``n_species`` species and a polynomial of ``degree`` in cos θ with random
+    coefficients (symmetric in the two neighbours): R = a_kjo (1 − r²/r_3²)³, no pair law."""
+    rng = np.random.default_rng(seed)
+    scale = rng.uniform(0.5, 1.5, (n_species,) * 3)
+    poly = rng.normal(size=(n_species,) * 3 + (degree + 1,))
+    poly = poly + poly.transpose(0, 2, 1, 3)
+    r3 = SYNTHETIC_R3
+
+    @numba.njit
+    def radial(k, j, o, r):
+        if r >= r3:
+            return 0.0, 0.0
+        x = 1.0 - r * r / (r3 * r3)
+        return scale[k, j, o] * x * x * x, scale[k, j, o] * 3.0 * x * x * (-2.0 * r / (r3 * r3))
+
+    @numba.njit
+    def triplet(k, j, l, r1, r2, c):
+        a, da = radial(k, j, l, r1)
+        b, db = radial(k, l, j, r2)
+        p = 0.0
+        dp = 0.0
+        for n in range(degree + 1):
+            p += poly[k, j, l, n] * c**n
+            if n >= 1:
+                dp += n * poly[k, j, l, n] * c ** (n - 1)
+        return a * b * p, da * b * p, a * db * p, a * b * dp
+
+    @numba.njit
+    def pair(ti, tj, r):
+        return 0.0, 0.0
+
+    module = types_module.ModuleType(f"synthetic_separable_{n_species}_{degree}")
+    module.SPECIES = tuple("ABC"[:n_species])
+    module.MASSES_AMU = (1.0,) * n_species
+    module.CUTOFF_ANGSTROM = 3.5
+    module.THREEBODY_CUTOFF_ANGSTROM = r3
+    module.pair_energy_force = pair
+    module.triplet_energy_gradient = triplet
+    module.triplet_radial = radial
+    module.TRIPLET_COS_POLYNOMIAL = poly
+    return module
+
+
+@pytest.mark.parametrize(("n_species", "degree"), [(1, 0), (3, 1), (2, 2), (3, 3)])
+def test_moments_by_distinct_components_equal_the_triplet_sums_for_every_degree_and_species_count(n_species,
+                                                                                                  degree):
+    # the moment pass keeps each tensor by its distinct components, written out per degree: every degree
+    # and one, two and three species (one of them absent) against the triplet loop
+    kernel = _synthetic_separable_module(n_species, degree, seed=10 * n_species + degree)
+    rng = np.random.default_rng(5)
+    n = 60
+    box = np.array([8.0, 8.0, 8.0])
+    grid = np.stack(np.meshgrid(*[np.arange(4)] * 3, indexing="ij"), -1).reshape(-1, 3)[:n] * 2.0
+    positions = np.mod(grid + rng.normal(0.0, 0.35, (n, 3)), box)
+    positions[0] = [7.0, 7.0, 7.0]
+    types = (np.arange(n) % n_species).astype(np.int64)
+    if n_species == 3:
+        types[types == 1] = 2  # no atom of the middle species
+    nl = partition.neighbor_list(positions, box, kernel.CUTOFF_ANGSTROM, 0.5, half=True)
+    out = {}
+    for moments in (True, False):
+        loops = energy.force_loops(kernel, triplet_moments=moments)
+        work = energy.workspace(loops, n, box, capacity3=40)
+        args = (positions, types, box, nl.neighbors, nl.counts, nl.order, nl.layer_start, nl.image,
+                nl.wrap_angstrom, loops.cutoff_angstrom, loops.threebody_cutoff_angstrom, work)
+        full = tuple(np.copy(v) for v in loops.half[0](*args))
+        forces_only = loops.half_forces_only[0](*args)
+        assert np.array_equal(full[0], forces_only[0])  # the forces-only pass leaves out energies, not bits
+        assert 0 < full[6] <= 40
+        out[moments] = full
+    (f_m, loss_m, _, _, e_m, w_m), (f_t, loss_t, _, _, e_t, w_t) = out[True][:6], out[False][:6]
+    assert abs(e_t) > 1e-3  # the triplets carry energy
+    assert e_m == pytest.approx(e_t, rel=1e-12)
+    assert w_m == pytest.approx(w_t, rel=1e-11)
+    np.testing.assert_allclose(f_m, f_t, rtol=0, atol=1e-12 * np.abs(f_t).max())
+    np.testing.assert_allclose(loss_m, loss_t, rtol=0, atol=1e-12 * np.abs(loss_t).max())
+
+
 def _separable_module(**changes):
     """The separable example module with some of its names replaced (a module object, not a file)."""
     source = load_kernel_module(EXAMPLES / "separable_triplet.py")
