@@ -168,10 +168,8 @@ def _locate(first_cell, inverse_step, inner, x):
 
 
 @numba.njit(inline="always")
-def _cell(coefficients, first_cell, inverse_step, inner, r):
-    """(u, du/dx) of the table at x = r ≥ inner (or x = r² ≥ inner² for a table in r²): the quintic of the
-    cell x falls in, and its exact derivative."""
-    row, s = _locate(first_cell, inverse_step, inner, r)
+def _quintic(coefficients, row, s):
+    """(p(s), dp/ds) of the quintic in row ``row`` of a table, at s ∈ [0, 1)."""
     c0 = coefficients[row, 0]
     c1 = coefficients[row, 1]
     c2 = coefficients[row, 2]
@@ -180,6 +178,15 @@ def _cell(coefficients, first_cell, inverse_step, inner, r):
     c5 = coefficients[row, 5]
     u = c0 + s * (c1 + s * (c2 + s * (c3 + s * (c4 + s * c5))))
     du_ds = c1 + s * (2.0 * c2 + s * (3.0 * c3 + s * (4.0 * c4 + s * (5.0 * c5))))
+    return u, du_ds
+
+
+@numba.njit(inline="always")
+def _cell(coefficients, first_cell, inverse_step, inner, r):
+    """(u, du/dx) of the table at x = r ≥ inner (or x = r² ≥ inner² for a table in r²): the quintic of the
+    cell x falls in, and its exact derivative."""
+    row, s = _locate(first_cell, inverse_step, inner, r)
+    u, du_ds = _quintic(coefficients, row, s)
     return u, du_ds * inverse_step
 
 
@@ -548,14 +555,23 @@ def _force_coefficients(rows: _Rows) -> np.ndarray:
 def _value_and_quartic(coefficients, derivative_coefficients, first_cell, inverse_step, inner, x):
     """(u, Σ_q d_q σ^q) at x ≥ inner: the quintic's value, and the quartic of its cell in a table of
     :func:`_derivative_coefficients` (the quintic's derivative, unused, is compiled away)."""
-    u, _ = _cell(coefficients, first_cell, inverse_step, inner, x)
     row, s = _locate(first_cell, inverse_step, inner, x)
+    u, _ = _quintic(coefficients, row, s)
     d0 = derivative_coefficients[row, 0]
     d1 = derivative_coefficients[row, 1]
     d2 = derivative_coefficients[row, 2]
     d3 = derivative_coefficients[row, 3]
     d4 = derivative_coefficients[row, 4]
     return u, d0 + s * (d1 + s * (d2 + s * (d3 + s * d4)))
+
+
+def _by_types(rows: _Rows) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(S, inner, outer, inverse step, first cell), each indexed by the types themselves, flattened (i·S + j
+    for a pair, (k·S + j)·S + other for a leg), not through their row: one dependent load less before
+    the coefficients."""
+    row = rows.row_of_types.ravel()
+    return (rows.row_of_types.shape[0], np.ascontiguousarray(rows.inner[row]), np.ascontiguousarray(rows.outer[row]),
+            np.ascontiguousarray(rows.inverse_step[row]), np.ascontiguousarray(rows.first_cell[row]))
 
 
 def _make_kernel_r2(closed_form, rows: _Rows):
@@ -572,12 +588,7 @@ def _make_kernel_r2(closed_form, rows: _Rows):
     """
     if rows.squared is False:
         raise ValueError("the r² kernel reads tables in r²")
-    n_species = rows.row_of_types.shape[0]
-    row_of_pair = rows.row_of_types.ravel()
-    inner = np.ascontiguousarray(rows.inner[row_of_pair])
-    outer = np.ascontiguousarray(rows.outer[row_of_pair])
-    inverse_step = np.ascontiguousarray(rows.inverse_step[row_of_pair])
-    first_cell = np.ascontiguousarray(rows.first_cell[row_of_pair])
+    n_species, inner, outer, inverse_step, first_cell = _by_types(rows)
     coefficients = rows.coefficients
     force_coefficients = _force_coefficients(rows)
 
@@ -634,13 +645,8 @@ def _make_radial_kernel(closed_form, rows: _Rows, cutoff3: float):
     inner (and for a leg without a table), exactly (0, 0) at and beyond r_3."""
     if rows.squared:
         raise ValueError("this kernel reads tables in r")
-    # each leg's range and offset read by the leg itself ((k·S + j)·S + other), not through its row: one
-    # dependent load less, as in _make_kernel_r2
-    n_species = rows.row_of_types.shape[0]
-    row_of_leg = rows.row_of_types.ravel()
-    inner = np.ascontiguousarray(rows.inner[row_of_leg])
-    inverse_step = np.ascontiguousarray(rows.inverse_step[row_of_leg])
-    first_cell = np.ascontiguousarray(rows.first_cell[row_of_leg])
+    # each leg's range and offset read by the leg itself (see _by_types); the table runs to r_3
+    n_species, inner, _, inverse_step, first_cell = _by_types(rows)
     coefficients = rows.coefficients
     slope_coefficients = _derivative_coefficients(rows, 1.0)
 
