@@ -90,6 +90,24 @@ def test_a_list_exactly_as_wide_as_its_longest_row_loses_no_neighbour(half):
     assert listed == reference_pairs(positions, box, 5.0)
 
 
+def test_a_fresh_list_leaves_its_longest_row_room_to_grow(shipped_dataset):
+    """Rows grow as the liquid moves; a first list barely as wide as its longest row overflows at an
+    early rebuild, which then searches every row twice. In water at cutoff 4.5 Å, skin 1 Å, the
+    density estimate alone gives rows of 76 slots and the longest half row holds about 73."""
+    from simulate.setup import replicate
+
+    positions, _, box = replicate(shipped_dataset.positions[0], shipped_dataset.species,
+                                  np.diag(shipped_dataset.cell[0]), (3, 3, 3))
+    nl = partition.neighbor_list(positions, box, 4.5, 1.0, half=True)
+    longest = int(nl.counts.max())
+    assert longest + longest // 8 + 4 <= nl.neighbors.shape[1]
+    # asked for a width, the list keeps it: the same rows, as narrow as asked
+    narrow = partition.neighbor_list(positions, box, 4.5, 1.0, half=True, capacity=longest + 1)
+    assert narrow.neighbors.shape[1] == longest + 1
+    assert np.array_equal(narrow.neighbors[:, : longest + 1], nl.neighbors[:, : longest + 1])
+    assert np.array_equal(narrow.counts, nl.counts)
+
+
 def test_cutoff_beyond_half_the_box_is_refused():
     with pytest.raises(partition.BoxTooSmall, match="replicate"):
         partition.neighbor_list(np.zeros((2, 3)), np.full(3, 8.0), cutoff_angstrom=4.5)
