@@ -66,6 +66,7 @@ from simulate.kernels import (
     has_threebody,
     is_molecular,
 )
+from simulate.prefetch import prefetch
 from simulate.space import box_lengths
 
 
@@ -88,6 +89,7 @@ class ForceResult(NamedTuple):
 # are summed in the forces-only pass too, see centre_chunk, so a fused triplet law fuses alike in both;
 # by moments, the energy is a sum apart from the forces). Other modules run unfused.
 CONTRACT = {"contract"}
+ROWS_AHEAD = 4  # how far ahead the pair pass prefetches its list rows
 TRIPLET_CHUNK = 32  # centres per parallel task of the three-body pass
 
 
@@ -671,6 +673,14 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                                 near_d[slot, 2] = bz[j]
                                 near_d[slot, 3] = br[j]
                         else:
+                            # the row a few ahead on its way into the cache (see simulate.prefetch): its
+                            # first 48 entries (a row holds 35–45 on average in water) and image codes
+                            ahead = p + ROWS_AHEAD
+                            if ahead < last:
+                                prefetch(neighbors, ahead * width)
+                                prefetch(neighbors, ahead * width + 16)
+                                prefetch(neighbors, ahead * width + 32)
+                                prefetch(image, ahead * width)
                             for a in range(counts[p]):
                                 # unsigned indices: Numba then skips the wrap-around of negative indices on every access
                                 j = np.uint32(neighbors[p, a])
