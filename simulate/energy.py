@@ -673,8 +673,9 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                                 near_d[slot, 2] = bz[j]
                                 near_d[slot, 3] = br[j]
                         else:
-                            # the row a few ahead on its way into the cache (see simulate.prefetch): its
-                            # first 48 entries (a row holds 35–45 on average in water) and image codes
+                            # the row a few ahead on its way into the cache (see simulate.prefetch): the
+                            # lines of its first 33–48 entries (rows are not aligned to lines; a row holds
+                            # 35–45 on average in water) and of its first image codes
                             ahead = p + ROWS_AHEAD
                             if ahead < last:
                                 prefetch(neighbors, ahead * width)

@@ -21,8 +21,8 @@ _I32 = ir.IntType(32)
 @intrinsic
 def prefetch(typingctx, array, flat_index):
     """Prefetch for reading, into every cache level, the line holding ``array.ravel()[flat_index]``
-    (a C-contiguous array; LLVM's ``llvm.prefetch``)."""
-    if not isinstance(array, types.Array) or not isinstance(flat_index, types.Integer):
+    (LLVM's ``llvm.prefetch``). Only C-contiguous arrays, whose flat index is an offset from their data."""
+    if not (isinstance(array, types.Array) and array.layout == "C" and isinstance(flat_index, types.Integer)):
         return None
 
     def codegen(context, builder, signature, args):

@@ -105,7 +105,9 @@ def test_a_fresh_list_leaves_its_longest_row_room_to_grow(shipped_dataset):
     narrow = partition.neighbor_list(positions, box, 4.5, 1.0, half=True, capacity=longest + 1)
     assert narrow.neighbors.shape[1] == longest + 1
     assert np.array_equal(narrow.neighbors[:, : longest + 1], nl.neighbors[:, : longest + 1])
+    assert np.array_equal(narrow.image[:, : longest + 1], nl.image[:, : longest + 1])
     assert np.array_equal(narrow.counts, nl.counts)
+    assert np.all(nl.neighbors[:, longest + 1:] == -1)  # the wider slots padded as the build pads them
 
 
 def test_cutoff_beyond_half_the_box_is_refused():
