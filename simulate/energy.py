@@ -20,17 +20,25 @@ reach only itself and the next layer, so no two threads write one atom and every
 one fixed order, the same bit for bit for any number of threads.
 
 Three-body terms (Stillinger & Weber 1985, Phys. Rev. B 31, 5262: w centred on k for every pair of
-its neighbours j, l within r_3) run in three more passes that are race-free and thread-count
-independent in the same way:
+its neighbours j, l within r_3) run in more passes that are race-free and thread-count independent in
+the same way:
 
 1. the pair pass also files every pair inside r_3 in a short *full* list of both atoms (a pair is
-   visited once, so it writes both rows, like its forces), with the slot it took in the other row;
-2. each centre k, in parallel, sums its triplets: its own force and loss, and the gradient on each of
-   its neighbours into that neighbour's slot of k's row — a centre writes only its own row. A law that
-   is a product of radial factors and a polynomial in cos θ (every closed form mld fits) is summed by
-   moments of the neighbours, in time linear in their number M rather than M²/2 triplet calls
-   (see ``centre_chunk``: 1.4× less time for the whole force pass of the learned many-body water);
-3. each atom, in parallel, gathers the gradients stored for it in its neighbours' rows.
+   visited once, so it writes both rows, like its forces);
+2. each centre k sums its triplets: its own force and loss, and minus the gradient on each of its
+   neighbours, added to that neighbour's force. A neighbour within r_3 sits in k's x-layer of cells or
+   in one beside it, so the centres run layer by layer in phases of layers three or more apart, the
+   layers of a phase in parallel (:func:`centre_phases`). A law that is a product of radial factors
+   and a polynomial in cos θ (every closed form mld fits) is summed by moments of the neighbours, in
+   time linear in their number M rather than M²/2 triplet calls (see ``centre_rows``: 1.4× less
+   time for the whole force pass of the learned many-body water).
+
+In a box of two to five layers, whose phases would hold a layer each (one thread), and in the
+full-list pass, the centres run in parallel chunks and store the gradients in their own short rows
+instead (with the slot each pair took in the other atom's row); then 3. each atom, in parallel,
+gathers the gradients stored for it in its neighbours' rows. Adding them straight to the forces saves
+that pass and the rows' traffic: 5–6 % less time for the tabulated many-body force pass at 6,144
+atoms, 15 % at 49,152 (one thread).
 
 The short list holds ~14 atoms per row for water at r_3 = 3.2 Å, against ~85 in a full list at the
 pair cutoff plus skin; it is rebuilt every step (its distances are the pair pass's), so no skin.
@@ -86,11 +94,16 @@ class ForceResult(NamedTuple):
 # parallel, full or forces-only, is compiled with the same flag; LLVM fuses only a product of a single
 # use, so the full and forces-only passes agree bit for bit as long as no product of the inlined pair
 # kernel feeds both its energy and its force (the promise the flag makes; triplet by triplet, the energies
-# are summed in the forces-only pass too, see centre_chunk, so a fused triplet law fuses alike in both;
+# are summed in the forces-only pass too, see centre_rows, so a fused triplet law fuses alike in both;
 # by moments, the energy is a sum apart from the forces). Other modules run unfused.
 CONTRACT = {"contract"}
 ROWS_AHEAD = 4  # how far ahead the pair pass prefetches its list rows
-TRIPLET_CHUNK = 32  # centres per parallel task of the three-body pass
+TRIPLET_CHUNK = 32  # centres per parallel task of the three-body pass, where they store gradients to gather
+# a half-list pass of this many layers or more (or of one) puts the three-body gradients straight into
+# the forces (see centre_phases): 5–6 % less time for the tabulated many-body pass at 6,144 atoms and
+# 15 % at 49,152 (one thread). With two to five layers the phases would hold one layer each and run the
+# centres on one thread (a step of 2,592 atoms on two threads took 35–45 % more time): they gather.
+SCATTER_MIN_LAYERS = 6
 
 
 @numba.njit(cache=True)
@@ -244,6 +257,43 @@ def _pair_of_r2(pair_energy_force, pair_energy_force_r2=None):
     return of_r2
 
 
+@numba.njit(cache=True)
+def centre_phases(n_layers):
+    """(phase_start, layers): the x-layers of cells in phases, ``layers[phase_start[k]:phase_start[k + 1]]``
+    in phase k, for the three-body centres of the half-list pass.
+
+    A centre puts the gradient of its terms on each neighbour within r_3 into that neighbour's force,
+    and a neighbour within r_3 sits in the centre's layer or one of the two beside it (a layer is at
+    least the list's cutoff thick). So the centres of two layers may run at once when the layers are
+    three or more apart, cyclically: layer a goes to phase a mod C, for the number of phases C (3 to
+    8) that keeps that rule (n_layers mod C is 0 or at least 3) and takes least time on two threads
+    (Σ over phases of ⌈layers/2⌉, then fewer phases). Every atom then takes its three-body forces
+    phase by phase, each phase's from one layer, in row order: the same sums, bit for bit, for any
+    number of threads. Fewer than three layers (a small box's single layer) run one after another.
+    """
+    best = n_layers
+    best_time = n_layers
+    for c in range(3, min(n_layers, 8) + 1):
+        r = n_layers % c
+        if r != 0 and r < 3:
+            continue
+        time = 0
+        for k in range(c):
+            size = n_layers // c + (1 if k < r else 0)
+            time += (size + 1) // 2
+        if time < best_time or (time == best_time and c < best):
+            best, best_time = c, time
+    phase_start = np.zeros(best + 1, dtype=np.int64)
+    layers = np.empty(n_layers, dtype=np.int64)
+    filled = 0
+    for k in range(best):
+        for a in range(k, n_layers, best):
+            layers[filled] = a
+            filled += 1
+        phase_start[k + 1] = filled
+    return phase_start, layers
+
+
 def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_energy_force=None, triplet_radial=None,
                 cos_polynomial=None, pair_energy_force_r2=None, fused=False):
     """(half-list forces, its forces-only variant, full-list forces), each a (serial, parallel) pair.
@@ -277,9 +327,12 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
     bonded = topology.make_bonded_loop(intra_pair_energy_force if with_bonds else _no_pair, pair_energy_force)
 
     @numba.njit(inline="always")
-    def centre_chunk(chunk, n, types, nb3, d3, cnt3, grad3, forces, loss, virial, energy3, with_energy):
-        """The centres of one parallel task of the three-body pass, with their scratch rows; each centre k
-        writes to k and k's short row only, and its energy to ``energy3[k]``.
+    def centre_rows(first, last, types, nb3, d3, cnt3, grad3, forces, loss, virial, energy3, with_energy, scatter):
+        """The centres ``first`` to ``last`` − 1 of the three-body pass, with their scratch rows; each centre
+        k writes its own force, loss, virial and energy (``energy3[k]``) and, with ``scatter``, minus the
+        gradient on each neighbour to that neighbour's force (the half-list pass runs the centres so
+        that no two threads meet on an atom, see :func:`centre_phases`); without ``scatter``, the
+        gradients go to k's short row ``grad3[k]``, for each atom to gather (the full-list pass).
 
         By moments (a separable law, ``with_moments``): for w = R(r_kj) R(r_kl) Σ_n p_n (û_j·û_l)^n,
         with (û_j·û_l)^n = ⟨û_j^⊗n, û_l^⊗n⟩, the sum over pairs of neighbours of species b and c is
@@ -300,7 +353,8 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
 
         Otherwise triplet by triplet: with unit vectors û_j = d_kj/r_kj, ∂cosθ/∂x_j = (û_l − cosθ û_j)/r_kj,
         so the gradient of w on j is (∂w/∂r_kj − ∂w/∂cosθ cosθ/r_kj) û_j + ∂w/∂cosθ/r_kj û_l, alike for
-        l; it goes to grad3[k, slot of j], and the centre takes minus the sum (translation invariance).
+        l; it is summed in grad3[k, slot of j] (then, with ``scatter``, taken from j's force), and the
+        centre takes minus the sum (translation invariance).
         Its share of Σ r·F is −(r_kj ∂w/∂r_kj + r_kl ∂w/∂r_kl): the cos θ terms cancel. The neighbours
         are visited in order of species (``perm``, a stable sort of the slots), so the kernel's branches
         on the species go the same way many times running.
@@ -314,8 +368,6 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
         Numba's pruning leaves in place around loops and calls; per centre that was 8–10 % of the
         tabulated many-body pass (768 atoms).
         """
-        first = chunk * TRIPLET_CHUNK
-        last = min(n, first + TRIPLET_CHUNK)
         rows = nb3.shape[1]
         # the scratch rows of the kind of sum this law takes (the other kind's are empty)
         moment_rows = rows if with_moments else 0
@@ -488,10 +540,16 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                         gx = de_dr * ux + (hx - hu * ux) * inv_r
                         gy = de_dr * uy + (hy - hu * uy) * inv_r
                         gz = de_dr * uz + (hz - hu * uz) * inv_r
-                        a = source[s]
-                        grad3[k, a, 0] = gx
-                        grad3[k, a, 1] = gy
-                        grad3[k, a, 2] = gz
+                        if scatter:
+                            q = nb3[k, source[s]]
+                            forces[q, 0] -= gx
+                            forces[q, 1] -= gy
+                            forces[q, 2] -= gz
+                        else:
+                            a = source[s]
+                            grad3[k, a, 0] = gx
+                            grad3[k, a, 1] = gy
+                            grad3[k, a, 2] = gz
                         fx += gx
                         fy += gy
                         fz += gz
@@ -550,6 +608,11 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                     fx += grad3[k, a, 0]
                     fy += grad3[k, a, 1]
                     fz += grad3[k, a, 2]
+                    if scatter:
+                        q = nb3[k, a]
+                        forces[q, 0] -= grad3[k, a, 0]
+                        forces[q, 1] -= grad3[k, a, 1]
+                        forces[q, 2] -= grad3[k, a, 2]
             forces[k, 0] += fx
             forces[k, 1] += fy
             forces[k, 2] += fz
@@ -590,6 +653,12 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
             cell_positions, cell_types, forces, loss, virial, r2min = work[0], work[1], work[2], work[3], work[4], work[5]
             nb3, rev3, d3, grad3, cnt3 = work[6], work[7], work[8], work[9], work[10]
             capacity3 = nb3.shape[1]
+            # the three-body centres put their gradients into their neighbours' forces, phase by phase of
+            # layers, or, in a box of two to five layers (too few for phases of several layers, see
+            # centre_phases), store them for each atom to gather (rev3: the slot of each pair in its
+            # other atom's row)
+            n_layers = layer_start.shape[0] - 1
+            scatter = n_layers == 1 or n_layers >= SCATTER_MIN_LAYERS
             # a list of no slots is a small box's: every pair, by minimum image (see partition), from
             # the positions by coordinate (xs, ys, zs) into the displacements of one row (bx, by, bz, br)
             all_pairs = neighbors.shape[1] == 0
@@ -641,7 +710,7 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                     # for the checks of a step whose energy nobody reads; the forces are summed in the
                     # same order either way, so they are the same bit for bit. The row is written out
                     # here, not as an inlined function: its array arguments cost reference-count updates
-                    # (atomic instructions) on every row, 12–30 % of the pair pass (see centre_chunk).
+                    # (atomic instructions) on every row, 12–30 % of the pair pass (see centre_rows).
                     for p in range(first, last):
                         xi, yi, zi = cell_positions[p, 0], cell_positions[p, 1], cell_positions[p, 2]
                         ti = cell_types[p]
@@ -718,14 +787,16 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                                         uy = dy * inv_r
                                         uz = dz * inv_r
                                         nb3[p, ta] = j
-                                        rev3[p, ta] = tb
+                                        if not scatter:
+                                            rev3[p, ta] = tb
                                         d3[p, ta, 0] = -ux
                                         d3[p, ta, 1] = -uy
                                         d3[p, ta, 2] = -uz
                                         d3[p, ta, 3] = r
                                         d3[p, ta, 4] = inv_r
                                         nb3[j, tb] = p
-                                        rev3[j, tb] = ta
+                                        if not scatter:
+                                            rev3[j, tb] = ta
                                         d3[j, tb, 0] = ux
                                         d3[j, tb, 1] = uy
                                         d3[j, tb, 2] = uz
@@ -765,16 +836,28 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                 for p in range(n):
                     needed3 = max(needed3, cnt3[p])
                 if needed3 <= capacity3:
-                    # centres in parallel chunks, each with its scratch row (a prange inside an inlined
-                    # function would not be parallelised)
+                    # the centres layer by layer, each putting its gradients straight into its neighbours'
+                    # forces: the layers of a phase are three or more apart, so no two of them meet on an atom
+                    # (see centre_phases); each layer's centres in its own parallel task, with its scratch
+                    # rows (a prange inside an inlined function would not be parallelised)
                     energy3 = np.empty(n)
-                    for c in prange((n + TRIPLET_CHUNK - 1) // TRIPLET_CHUNK):
-                        centre_chunk(c, n, cell_types, nb3, d3, cnt3, grad3, forces, loss, virial, energy3,
-                                     with_energy)
+                    if scatter:
+                        phase_start, phase_layers = centre_phases(n_layers)
+                        for phase in range(phase_start.shape[0] - 1):
+                            before = phase_start[phase]
+                            for t in prange(phase_start[phase + 1] - before):
+                                layer = phase_layers[before + t]
+                                centre_rows(layer_start[layer], layer_start[layer + 1], cell_types, nb3, d3, cnt3,
+                                            grad3, forces, loss, virial, energy3, with_energy, True)
+                    else:
+                        for c in prange((n + TRIPLET_CHUNK - 1) // TRIPLET_CHUNK):
+                            first = c * TRIPLET_CHUNK
+                            centre_rows(first, min(n, first + TRIPLET_CHUNK), cell_types, nb3, d3, cnt3, grad3,
+                                        forces, loss, virial, energy3, with_energy, False)
+                        for p in prange(n):
+                            gather(p, nb3, rev3, cnt3, grad3, forces)
                     for k in range(n):
                         energy += energy3[k]
-                    for p in prange(n):
-                        gather(p, nb3, rev3, cnt3, grad3, forces)
             # back to atom order
             atom_forces = np.empty((n, 3))
             for p in range(n):
@@ -889,7 +972,9 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                 # function would not be parallelised)
                 energy3 = np.empty(n)
                 for c in prange((n + TRIPLET_CHUNK - 1) // TRIPLET_CHUNK):
-                    centre_chunk(c, n, types, nb3, d3, cnt3, grad3, forces, loss, virial, energy3, True)
+                    first = c * TRIPLET_CHUNK
+                    centre_rows(first, min(n, first + TRIPLET_CHUNK), types, nb3, d3, cnt3, grad3, forces, loss,
+                                virial, energy3, True, False)
                 for k in range(n):
                     energy += energy3[k]
                 for p in prange(n):

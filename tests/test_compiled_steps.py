@@ -198,11 +198,15 @@ def test_three_body_sums_are_the_same_bit_for_bit_for_serial_parallel_and_any_th
     assert serial[6] > 10  # the short rows were really filled: a dozen or more atoms within r_3
 
 
-def test_three_body_forces_on_a_cell_list_equal_the_kernels_brute_force_reference(manybody):
-    types, positions, box = replicated_water(manybody, (3, 2, 2))  # 1152 atoms: cell list, half
+# 1152 atoms in 5 x-layers of cells: the centres store their gradients for each atom to gather; 1536 atoms in
+# 6 layers: they put them straight into the forces, phase by phase of layers (energy.centre_phases)
+@pytest.mark.parametrize("repeats", [(3, 2, 2), (4, 2, 2)])
+def test_three_body_forces_on_a_cell_list_equal_the_kernels_brute_force_reference(manybody, repeats):
+    types, positions, box = replicated_water(manybody, repeats)
     force_fn = energy.make_force_fn(manybody, types, box)
     neighbors, result = force_fn(positions, None)
     assert neighbors.half and neighbors.cells_per_side != (1, 1, 1)
+    assert (neighbors.cells_per_side[0] >= energy.SCATTER_MIN_LAYERS) == (repeats[0] == 4)
     e_ref, f_ref, loss_ref = manybody.energy_forces(positions, types, box)
     assert result.energy_ev == pytest.approx(e_ref, rel=1e-12)
     np.testing.assert_allclose(result.forces_ev_per_angstrom, f_ref, rtol=1e-10, atol=1e-10)

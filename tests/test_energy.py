@@ -372,6 +372,29 @@ def test_thirteen_even_layers_make_four_even_blocks_not_eight_uneven_ones():
     assert energy.row_blocks(np.arange(11) * 100).tolist() == [0, 100, 200, 300, 500, 600, 700, 800, 1000]
 
 
+@pytest.mark.parametrize("n_layers", range(1, 61))
+def test_three_body_centres_of_one_phase_never_reach_the_same_atom(n_layers):
+    # a centre writes to its own layer and the two beside it (cyclically): layers of one phase must be three
+    # or more apart, so that no two threads add to one atom's force, and every layer must run once
+    phase_start, layers = energy.centre_phases(n_layers)
+    assert phase_start[0] == 0 and phase_start[-1] == n_layers and np.all(np.diff(phase_start) > 0)
+    assert sorted(layers.tolist()) == list(range(n_layers))
+    reached = [{(a + d) % n_layers for d in (-1, 0, 1)} for a in range(n_layers)]
+    for k in range(len(phase_start) - 1):
+        phase = layers[phase_start[k]:phase_start[k + 1]].tolist()
+        assert phase == sorted(phase)  # in layer order
+        for i, a in enumerate(phase):
+            for b in phase[i + 1:]:
+                assert not reached[a] & reached[b], (n_layers, phase)
+
+
+def test_centre_phases_split_evenly_between_two_threads_where_the_layers_allow():
+    for n_layers, sizes in [(6, [2, 2, 2]), (16, [4, 4, 4, 4]), (10, [2, 2, 2, 2, 2]), (13, [2, 2, 2, 2, 2, 2, 1])]:
+        phase_start, _ = energy.centre_phases(n_layers)
+        assert np.diff(phase_start).tolist() == sizes
+    assert np.diff(energy.centre_phases(1)[0]).tolist() == [1]  # a small box's one layer: its centres in order
+
+
 # --- fused multiply-adds -----------------------------------------------------------------------------
 
 
