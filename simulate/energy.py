@@ -33,12 +33,11 @@ the same way:
    time linear in their number M rather than M²/2 triplet calls (see ``centre_rows``: 1.4× less
    time for the whole force pass of the learned many-body water).
 
-In a box of two to five layers, whose phases would hold a layer each (one thread), and in the
-full-list pass, the centres run in parallel chunks and store the gradients in their own short rows
-instead (with the slot each pair took in the other atom's row); then 3. each atom, in parallel,
-gathers the gradients stored for it in its neighbours' rows. Adding them straight to the forces saves
-that pass and the rows' traffic: 5–6 % less time for the tabulated many-body force pass at 6,144
-atoms, 15 % at 49,152 (one thread).
+In a box of two to five layers, whose phases would hold a layer each (one thread), the rows go in two
+halves instead, each adding to a force array of its own, summed after (:func:`centre_tasks`). Adding
+the gradients straight to the forces takes 5–6 % less time for the tabulated many-body force pass at
+6,144 atoms and 15 % at 49,152 (one thread) than storing them in each centre's short row for every atom
+to gather in a third pass, as the full-list pass still does.
 
 The short list holds ~14 atoms per row for water at r_3 = 3.2 Å, against ~85 in a full list at the
 pair cutoff plus skin; it is rebuilt every step (its distances are the pair pass's), so no skin.
@@ -98,11 +97,11 @@ class ForceResult(NamedTuple):
 # by moments, the energy is a sum apart from the forces). Other modules run unfused.
 CONTRACT = {"contract"}
 ROWS_AHEAD = 4  # how far ahead the pair pass prefetches its list rows
-TRIPLET_CHUNK = 32  # centres per parallel task of the three-body pass, where they store gradients to gather
-# a half-list pass of this many layers or more (or of one) puts the three-body gradients straight into
-# the forces (see centre_phases): 5–6 % less time for the tabulated many-body pass at 6,144 atoms and
-# 15 % at 49,152 (one thread). With two to five layers the phases would hold one layer each and run the
-# centres on one thread (a step of 2,592 atoms on two threads took 35–45 % more time): they gather.
+TRIPLET_CHUNK = 32  # centres per parallel task of the full-list three-body pass
+# a half-list pass of this many x-layers or more (or of one) runs its three-body centres layer by layer
+# in phases (see centre_tasks). With two to five layers the phases would hold one layer each and run the
+# centres on one thread (a step of 2,592 atoms on two threads took 35–45 % more time): two halves of the
+# rows instead, each adding its forces to an array of its own.
 SCATTER_MIN_LAYERS = 6
 
 
@@ -294,6 +293,36 @@ def centre_phases(n_layers):
     return phase_start, layers
 
 
+@numba.njit(cache=True)
+def centre_tasks(layer_start):
+    """(phase_start, first, last, out): the parallel tasks of the three-body centres of a half-list pass,
+    task t the rows ``first[t]`` to ``last[t]`` − 1, the tasks ``phase_start[k]`` to ``phase_start[k + 1]`` − 1
+    in phase k, and ``out[t]`` where task t adds its forces: −1, the pass's forces, or h ≥ 0, a force
+    array of its own.
+
+    From SCATTER_MIN_LAYERS x-layers (and for a single layer) a task per layer, into the forces, in the
+    phases of :func:`centre_phases`. With two to five layers those phases would hold a layer each, one
+    thread's work: there the rows go in two halves, each into a force array of its own.
+    """
+    n_layers = layer_start.shape[0] - 1
+    if n_layers == 1 or n_layers >= SCATTER_MIN_LAYERS:
+        phase_start, layers = centre_phases(n_layers)
+        first = np.empty(n_layers, dtype=np.int64)
+        last = np.empty(n_layers, dtype=np.int64)
+        for t in range(n_layers):
+            first[t] = layer_start[layers[t]]
+            last[t] = layer_start[layers[t] + 1]
+        return phase_start, first, last, np.full(n_layers, -1, dtype=np.int64)
+    n = layer_start[n_layers]
+    phase_start = np.zeros(2, dtype=np.int64)
+    phase_start[1] = 2
+    first = np.zeros(2, dtype=np.int64)
+    last = np.zeros(2, dtype=np.int64)
+    first[1] = last[0] = n // 2
+    last[1] = n
+    return phase_start, first, last, np.arange(2)
+
+
 def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_energy_force=None, triplet_radial=None,
                 cos_polynomial=None, pair_energy_force_r2=None, fused=False):
     """(half-list forces, its forces-only variant, full-list forces), each a (serial, parallel) pair.
@@ -331,7 +360,7 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
         """The centres ``first`` to ``last`` − 1 of the three-body pass, with their scratch rows; each centre
         k writes its own force, loss, virial and energy (``energy3[k]``) and, with ``scatter``, minus the
         gradient on each neighbour to that neighbour's force (the half-list pass runs the centres so
-        that no two threads meet on an atom, see :func:`centre_phases`); without ``scatter``, the
+        that no two threads meet on an atom, see :func:`centre_tasks`); without ``scatter``, the
         gradients go to k's short row ``grad3[k]``, for each atom to gather (the full-list pass).
 
         By moments (a separable law, ``with_moments``): for w = R(r_kj) R(r_kl) Σ_n p_n (û_j·û_l)^n,
@@ -651,14 +680,8 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
             # every call.
             n = positions.shape[0]
             cell_positions, cell_types, forces, loss, virial, r2min = work[0], work[1], work[2], work[3], work[4], work[5]
-            nb3, rev3, d3, grad3, cnt3 = work[6], work[7], work[8], work[9], work[10]
+            nb3, d3, grad3, cnt3 = work[6], work[8], work[9], work[10]
             capacity3 = nb3.shape[1]
-            # the three-body centres put their gradients into their neighbours' forces, phase by phase of
-            # layers, or, in a box of two to five layers (too few for phases of several layers, see
-            # centre_phases), store them for each atom to gather (rev3: the slot of each pair in its
-            # other atom's row)
-            n_layers = layer_start.shape[0] - 1
-            scatter = n_layers == 1 or n_layers >= SCATTER_MIN_LAYERS
             # a list of no slots is a small box's: every pair, by minimum image (see partition), from
             # the positions by coordinate (xs, ys, zs) into the displacements of one row (bx, by, bz, br)
             all_pairs = neighbors.shape[1] == 0
@@ -787,16 +810,12 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                                         uy = dy * inv_r
                                         uz = dz * inv_r
                                         nb3[p, ta] = j
-                                        if not scatter:
-                                            rev3[p, ta] = tb
                                         d3[p, ta, 0] = -ux
                                         d3[p, ta, 1] = -uy
                                         d3[p, ta, 2] = -uz
                                         d3[p, ta, 3] = r
                                         d3[p, ta, 4] = inv_r
                                         nb3[j, tb] = p
-                                        if not scatter:
-                                            rev3[j, tb] = ta
                                         d3[j, tb, 0] = ux
                                         d3[j, tb, 1] = uy
                                         d3[j, tb, 2] = uz
@@ -836,26 +855,32 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                 for p in range(n):
                     needed3 = max(needed3, cnt3[p])
                 if needed3 <= capacity3:
-                    # the centres layer by layer, each putting its gradients straight into its neighbours'
-                    # forces: the layers of a phase are three or more apart, so no two of them meet on an atom
-                    # (see centre_phases); each layer's centres in its own parallel task, with its scratch
-                    # rows (a prange inside an inlined function would not be parallelised)
+                    # the centres in parallel tasks (see centre_tasks), each with its scratch rows (a prange
+                    # inside an inlined function would not be parallelised), each centre adding its gradients
+                    # straight to its neighbours' forces: a layer's centres, in phases of layers three or more
+                    # apart, so that no two tasks of a phase meet on an atom; or, in a box of two to five
+                    # layers, two halves of the rows, each into a force array of its own, added after
                     energy3 = np.empty(n)
-                    if scatter:
-                        phase_start, phase_layers = centre_phases(n_layers)
-                        for phase in range(phase_start.shape[0] - 1):
-                            before = phase_start[phase]
-                            for t in prange(phase_start[phase + 1] - before):
-                                layer = phase_layers[before + t]
-                                centre_rows(layer_start[layer], layer_start[layer + 1], cell_types, nb3, d3, cnt3,
-                                            grad3, forces, loss, virial, energy3, with_energy, True)
-                    else:
-                        for c in prange((n + TRIPLET_CHUNK - 1) // TRIPLET_CHUNK):
-                            first = c * TRIPLET_CHUNK
-                            centre_rows(first, min(n, first + TRIPLET_CHUNK), cell_types, nb3, d3, cnt3, grad3,
-                                        forces, loss, virial, energy3, with_energy, False)
-                        for p in prange(n):
-                            gather(p, nb3, rev3, cnt3, grad3, forces)
+                    phase_start, task_first, task_last, task_out = centre_tasks(layer_start)
+                    n_own = 0
+                    for t in range(task_out.shape[0]):
+                        n_own = max(n_own, task_out[t] + 1)
+                    own_forces = np.empty((n_own, n, 3))
+                    for h in range(n_own):
+                        for p in range(n):
+                            for d in range(3):
+                                own_forces[h, p, d] = 0.0
+                    for phase in range(phase_start.shape[0] - 1):
+                        before = phase_start[phase]
+                        for t in prange(phase_start[phase + 1] - before):
+                            h = task_out[before + t]
+                            out = forces if h < 0 else own_forces[h]
+                            centre_rows(task_first[before + t], task_last[before + t], cell_types, nb3, d3, cnt3,
+                                        grad3, out, loss, virial, energy3, with_energy, True)
+                    for h in range(n_own):
+                        for p in range(n):
+                            for d in range(3):
+                                forces[p, d] += own_forces[h, p, d]
                     for k in range(n):
                         energy += energy3[k]
             # back to atom order

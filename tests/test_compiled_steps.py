@@ -177,10 +177,12 @@ def replicated_water(kernel, repeats):
 
 @pytest.mark.parametrize("moments", [True, False])  # the learned law is separable: both three-body passes
 def test_three_body_sums_are_the_same_bit_for_bit_for_serial_parallel_and_any_thread_count(manybody, moments):
-    types, positions, box = replicated_water(manybody, (4, 2, 2))  # 1536 atoms, 6 x-layers of cells
+    types, positions, box = replicated_water(manybody, (4, 2, 2))  # 1536 atoms
     loops = energy.force_loops(manybody, triplet_moments=moments)
-    nl = partition.neighbor_list(positions, box, energy.interaction_cutoff_angstrom(manybody), 1.0, half=True)
-    assert nl.cells_per_side[0] >= 4
+    # a skin of 1.5 Å makes 6 x-layers of cells: the centres put their gradients into the forces in three
+    # phases of two layers three apart, the closest layers of one phase can be (energy.centre_phases)
+    nl = partition.neighbor_list(positions, box, energy.interaction_cutoff_angstrom(manybody), 1.5, half=True)
+    assert nl.cells_per_side[0] == energy.SCATTER_MIN_LAYERS == 6
     work = energy.workspace(loops, len(positions), box)
     args = (positions, types, box, nl.neighbors, nl.counts, nl.order, nl.layer_start, nl.image, nl.wrap_angstrom,
             loops.cutoff_angstrom, loops.threebody_cutoff_angstrom, work)
@@ -198,8 +200,8 @@ def test_three_body_sums_are_the_same_bit_for_bit_for_serial_parallel_and_any_th
     assert serial[6] > 10  # the short rows were really filled: a dozen or more atoms within r_3
 
 
-# 1152 atoms in 5 x-layers of cells: the centres store their gradients for each atom to gather; 1536 atoms in
-# 6 layers: they put them straight into the forces, phase by phase of layers (energy.centre_phases)
+# 1152 atoms in 5 x-layers of cells: the three-body centres run in two halves of the rows, each adding to a
+# force array of its own; 1536 atoms in 7 layers: a layer a task, phase by phase (energy.centre_tasks)
 @pytest.mark.parametrize("repeats", [(3, 2, 2), (4, 2, 2)])
 def test_three_body_forces_on_a_cell_list_equal_the_kernels_brute_force_reference(manybody, repeats):
     types, positions, box = replicated_water(manybody, repeats)
@@ -240,10 +242,13 @@ def morse_tabulated(morse):
     return tabulate.tabulate_kernel_module(morse)  # pair laws in r²: the passes call pair_energy_force_r2
 
 
-@pytest.mark.parametrize("model", ["morse", "morse_tabulated", "manybody"])
-def test_forces_without_energy_are_the_forces_with_energy_bit_for_bit(request, model):
+# 1152 atoms: a cell list of 5 x-layers; 1536 atoms, 7 layers. The many-body centres run a layer a task in
+# phases (energy.centre_tasks); in 5 layers, two halves of the rows, each adding to a force array of its own
+@pytest.mark.parametrize(("model", "repeats"), [("morse", (3, 2, 2)), ("morse_tabulated", (3, 2, 2)),
+                                                ("manybody", (3, 2, 2)), ("manybody", (4, 2, 2))])
+def test_forces_without_energy_are_the_forces_with_energy_bit_for_bit(request, model, repeats):
     kernel = request.getfixturevalue(model)
-    types, positions, box = replicated_water(kernel, (3, 2, 2))  # 1152 atoms: cell list
+    types, positions, box = replicated_water(kernel, repeats)
     loops = energy.force_loops(kernel)
     nl = partition.neighbor_list(positions, box, energy.interaction_cutoff_angstrom(kernel), 1.0, half=True)
     work = energy.workspace(loops, len(positions), box)

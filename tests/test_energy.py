@@ -382,10 +382,26 @@ def test_three_body_centres_of_one_phase_never_reach_the_same_atom(n_layers):
     reached = [{(a + d) % n_layers for d in (-1, 0, 1)} for a in range(n_layers)]
     for k in range(len(phase_start) - 1):
         phase = layers[phase_start[k]:phase_start[k + 1]].tolist()
-        assert phase == sorted(phase)  # in layer order
         for i, a in enumerate(phase):
             for b in phase[i + 1:]:
                 assert not reached[a] & reached[b], (n_layers, phase)
+
+
+@pytest.mark.parametrize("n_layers", [1, 2, 3, 5, 6, 7, 13])
+def test_three_body_tasks_take_every_row_once_into_the_forces_or_arrays_of_their_own(n_layers):
+    layer_start = np.concatenate([[0], np.cumsum(np.random.default_rng(n_layers).integers(20, 60, n_layers))])
+    phase_start, first, last, out = energy.centre_tasks(layer_start)
+    rows = np.concatenate([np.arange(a, b) for a, b in zip(first, last)])
+    assert sorted(rows.tolist()) == list(range(layer_start[-1]))
+    if 1 < n_layers < energy.SCATTER_MIN_LAYERS:
+        # phases of one layer each would leave a thread idle: two halves of the rows, each into its own array
+        assert phase_start.tolist() == [0, 2] and out.tolist() == [0, 1]
+        assert abs((last[0] - first[0]) - (last[1] - first[1])) <= 1
+    else:
+        assert np.all(out == -1)  # into the forces, a layer a task, in the phases of centre_phases
+        phases, layers = energy.centre_phases(n_layers)
+        assert phase_start.tolist() == phases.tolist()
+        assert first.tolist() == layer_start[layers].tolist() and last.tolist() == layer_start[layers + 1].tolist()
 
 
 def test_centre_phases_split_evenly_between_two_threads_where_the_layers_allow():
