@@ -359,8 +359,8 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
     def centre_rows(first, last, types, nb3, d3, cnt3, grad3, forces, loss, virial, energy3, with_energy, scatter):
         """The centres ``first`` to ``last`` − 1 of the three-body pass, with their scratch rows; each centre
         k writes its own force, loss, virial and energy (``energy3[k]``) and, with ``scatter``, minus the
-        gradient on each neighbour to that neighbour's force (the half-list pass runs the centres so
-        that no two threads meet on an atom, see :func:`centre_tasks`); without ``scatter``, the
+        gradient on each neighbour to that neighbour's row of ``forces`` (the half-list pass runs the
+        centres so that no two threads add to one row of one array at once, see :func:`centre_tasks`); without ``scatter``, the
         gradients go to k's short row ``grad3[k]``, for each atom to gather (the full-list pass).
 
         By moments (a separable law, ``with_moments``): for w = R(r_kj) R(r_kl) Σ_n p_n (û_j·û_l)^n,

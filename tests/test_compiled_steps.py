@@ -175,14 +175,18 @@ def replicated_water(kernel, repeats):
     return md.atom_types(kernel, species), positions, box
 
 
-@pytest.mark.parametrize("moments", [True, False])  # the learned law is separable: both three-body passes
-def test_three_body_sums_are_the_same_bit_for_bit_for_serial_parallel_and_any_thread_count(manybody, moments):
-    types, positions, box = replicated_water(manybody, (4, 2, 2))  # 1536 atoms
+# the learned law is separable: both three-body passes. 1536 atoms with a skin of 1.5 Å make 6 x-layers of
+# cells: the centres put their gradients into the forces in three phases of two layers three apart, the
+# closest layers of one phase can be (energy.centre_phases); 1152 atoms, 5 layers: two halves of the rows,
+# each into a force array of its own (energy.centre_tasks)
+@pytest.mark.parametrize(("moments", "repeats", "skin", "layers"),
+                         [(True, (4, 2, 2), 1.5, 6), (False, (4, 2, 2), 1.5, 6), (True, (3, 2, 2), 1.0, 5)])
+def test_three_body_sums_are_the_same_bit_for_bit_for_serial_parallel_and_any_thread_count(manybody, moments,
+                                                                                          repeats, skin, layers):
+    types, positions, box = replicated_water(manybody, repeats)
     loops = energy.force_loops(manybody, triplet_moments=moments)
-    # a skin of 1.5 Å makes 6 x-layers of cells: the centres put their gradients into the forces in three
-    # phases of two layers three apart, the closest layers of one phase can be (energy.centre_phases)
-    nl = partition.neighbor_list(positions, box, energy.interaction_cutoff_angstrom(manybody), 1.5, half=True)
-    assert nl.cells_per_side[0] == energy.SCATTER_MIN_LAYERS == 6
+    nl = partition.neighbor_list(positions, box, energy.interaction_cutoff_angstrom(manybody), skin, half=True)
+    assert nl.cells_per_side[0] == layers
     work = energy.workspace(loops, len(positions), box)
     args = (positions, types, box, nl.neighbors, nl.counts, nl.order, nl.layer_start, nl.image, nl.wrap_angstrom,
             loops.cutoff_angstrom, loops.threebody_cutoff_angstrom, work)
