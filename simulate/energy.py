@@ -360,8 +360,9 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
         """The centres ``first`` to ``last`` − 1 of the three-body pass, with their scratch rows; each centre
         k writes its own force, loss, virial and energy (``energy3[k]``) and, with ``scatter``, minus the
         gradient on each neighbour to that neighbour's row of ``forces`` (the half-list pass runs the
-        centres so that no two threads add to one row of one array at once, see :func:`centre_tasks`); without ``scatter``, the
-        gradients go to k's short row ``grad3[k]``, for each atom to gather (the full-list pass).
+        centres so that no two threads add to one row of one array at once, see :func:`centre_tasks`);
+        without ``scatter``, the gradients go to k's short row ``grad3[k]``, for each atom to gather (the
+        full-list pass).
 
         By moments (a separable law, ``with_moments``): for w = R(r_kj) R(r_kl) Σ_n p_n (û_j·û_l)^n,
         with (û_j·û_l)^n = ⟨û_j^⊗n, û_l^⊗n⟩, the sum over pairs of neighbours of species b and c is
@@ -1082,7 +1083,7 @@ def workspace(loops: ForceLoops, n_atoms: int, box: np.ndarray, capacity3: int =
     """Scratch arrays for the force functions of ``loops``, kept and reused per atom count.
 
     (cell-ordered positions, types, forces, loss, virial, nearest², then the short three-body rows:
-    atoms, slot in the other row, (unit vector, r, 1/r), gradients, counts, then the intramolecular
+    atoms, slot in the other row (filed by the full-list pass only), (unit vector, r, 1/r), gradients, counts, then the intramolecular
     pairs (i, j) of a molecular model: ``bonded_pairs``, empty by default). ``capacity3`` asks for
     rows at least that wide.
     """
