@@ -1083,9 +1083,9 @@ def workspace(loops: ForceLoops, n_atoms: int, box: np.ndarray, capacity3: int =
     """Scratch arrays for the force functions of ``loops``, kept and reused per atom count.
 
     (cell-ordered positions, types, forces, loss, virial, nearest², then the short three-body rows:
-    atoms, slot in the other row (filed by the full-list pass only), (unit vector, r, 1/r), gradients, counts, then the intramolecular
-    pairs (i, j) of a molecular model: ``bonded_pairs``, empty by default). ``capacity3`` asks for
-    rows at least that wide.
+    atoms, slot in the other row (filed by the full-list pass only), (unit vector, r, 1/r), gradients,
+    counts, then the intramolecular pairs (i, j) of a molecular model: ``bonded_pairs``, empty by
+    default). ``capacity3`` asks for rows at least that wide.
     """
     rows = 1
     if loops.threebody_cutoff_angstrom > 0:
