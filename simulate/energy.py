@@ -102,7 +102,7 @@ TRIPLET_CHUNK = 32  # centres per parallel task of the full-list three-body pass
 # in phases (see centre_tasks). With two to five layers the phases would hold one layer each and run the
 # centres on one thread (a step of 2,592 atoms on two threads took 35–45 % more time): two halves of the
 # rows instead, each adding its forces to an array of its own.
-SCATTER_MIN_LAYERS = 6
+PHASED_MIN_LAYERS = 6
 
 
 @numba.njit(cache=True)
@@ -300,12 +300,12 @@ def centre_tasks(layer_start):
     in phase k, and ``out[t]`` where task t adds its forces: −1, the pass's forces, or h ≥ 0, a force
     array of its own.
 
-    From SCATTER_MIN_LAYERS x-layers (and for a single layer) a task per layer, into the forces, in the
+    From PHASED_MIN_LAYERS x-layers (and for a single layer) a task per layer, into the forces, in the
     phases of :func:`centre_phases`. With two to five layers those phases would hold a layer each, one
     thread's work: there the rows go in two halves, each into a force array of its own.
     """
     n_layers = layer_start.shape[0] - 1
-    if n_layers == 1 or n_layers >= SCATTER_MIN_LAYERS:
+    if n_layers == 1 or n_layers >= PHASED_MIN_LAYERS:
         phase_start, layers = centre_phases(n_layers)
         first = np.empty(n_layers, dtype=np.int64)
         last = np.empty(n_layers, dtype=np.int64)

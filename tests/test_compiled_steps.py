@@ -212,7 +212,7 @@ def test_three_body_forces_on_a_cell_list_equal_the_kernels_brute_force_referenc
     force_fn = energy.make_force_fn(manybody, types, box)
     neighbors, result = force_fn(positions, None)
     assert neighbors.half and neighbors.cells_per_side != (1, 1, 1)
-    assert (neighbors.cells_per_side[0] >= energy.SCATTER_MIN_LAYERS) == (repeats[0] == 4)
+    assert (neighbors.cells_per_side[0] >= energy.PHASED_MIN_LAYERS) == (repeats[0] == 4)
     e_ref, f_ref, loss_ref = manybody.energy_forces(positions, types, box)
     assert result.energy_ev == pytest.approx(e_ref, rel=1e-12)
     np.testing.assert_allclose(result.forces_ev_per_angstrom, f_ref, rtol=1e-10, atol=1e-10)

@@ -393,7 +393,7 @@ def test_three_body_tasks_take_every_row_once_into_the_forces_or_arrays_of_their
     phase_start, first, last, out = energy.centre_tasks(layer_start)
     rows = np.concatenate([np.arange(a, b) for a, b in zip(first, last)])
     assert sorted(rows.tolist()) == list(range(layer_start[-1]))
-    if 1 < n_layers < energy.SCATTER_MIN_LAYERS:
+    if 1 < n_layers < energy.PHASED_MIN_LAYERS:
         # phases of one layer each would leave a thread idle: two halves of the rows, each into its own array
         assert phase_start.tolist() == [0, 2] and out.tolist() == [0, 1]
         assert abs((last[0] - first[0]) - (last[1] - first[1])) <= 1
