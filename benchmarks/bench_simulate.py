@@ -81,10 +81,10 @@ SKIN_ANGSTROM = 1.0
 MORSE_WATER = ROOT / "tests" / "kernel_examples" / "morse_water.py"
 LEARNED = ROOT / "models" / "default" / "kernels.py"
 LEARNED_PAIRWISE = ROOT / "models" / "default" / "pairwise" / "kernels.py"
-LEARNED_REPLICAS = (1, 4, 8, 10)  # the learned many-body model on a few sizes up to 96,000 atoms, to keep the run short
-# the learned pairwise model, the one LAMMPS runs beside mld: 96 to 96,000 atoms, every size of the target's
-# range (3,000 to 100,000 atoms) and 2,592 below it
-LEARNED_PAIRWISE_REPLICAS = (1, 3, 4, 6, 8, 10)
+LEARNED_REPLICAS = (1, 4, 8, 10, 11)  # the learned many-body model on a few sizes up to 127,776 atoms, to keep the run short
+# the learned pairwise model, the one LAMMPS runs beside mld: 96 to 127,776 atoms, every size of the target's
+# range (3,000 to 100,000 atoms), 2,592 below it and 127,776 above
+LEARNED_PAIRWISE_REPLICAS = (1, 3, 4, 6, 8, 10, 11)
 BLOCK_STEPS = 10  # steps per compiled block: mld simulate's default thermo interval
 # mld steps every box as `mld simulate` steps a production run this long: the blocks then take their
 # forces between outputs from the forces-only pass at every size (from 2·10⁷ atom-steps, see
@@ -566,19 +566,31 @@ def main() -> None:
                              "about 10⁵ a millisecond), as MPI ranks busy-wait; results go to simulate_spin.*")
     parser.add_argument("--block", type=int, default=BLOCK_STEPS,
                         help="mld steps per compiled block (0: the plain step-by-step path)")
+    parser.add_argument("--min-atoms", type=int, default=0)
+    parser.add_argument("--only", default="",
+                        help="comma-separated model labels to run (e.g. morse_water_tabulated); print only")
     args = parser.parse_args()
     started = time.perf_counter()
+    only = {label for label in args.only.split(",") if label}
+
+    def wanted(label: str) -> bool:
+        return not only or label in only
+
+    write = not (args.no_write or only)
     cores = tuple(c for c in CORES if c <= numba.config.NUMBA_NUM_THREADS)
     missing = "not asked for (--no-lammps)" if args.no_lammps else lammps_missing()
-    replicas = [a for a in REPLICAS if 96 * a**3 <= args.max_atoms]
+    replicas = [a for a in REPLICAS if args.min_atoms <= 96 * a**3 <= args.max_atoms]
     notes = []
     loads = [load_average()]
     morse = load_kernel_module(MORSE_WATER)
-    rows = side_by_side(morse, MORSE_WATER, "morse_water", replicas, args.steps, cores, missing is None,
-                        block=args.block)
+    rows = []
+    if wanted("morse_water"):
+        rows += side_by_side(morse, MORSE_WATER, "morse_water", replicas, args.steps, cores, missing is None,
+                             block=args.block)
     # mld's own tables of the same model (`mld simulate`'s default), as LAMMPS runs its table of it
-    rows += side_by_side(tabulate.tabulate_kernel_module(morse), MORSE_WATER, "morse_water" + TABULATED_SUFFIX,
-                         replicas, args.steps, cores, missing is None, block=args.block)
+    if wanted("morse_water" + TABULATED_SUFFIX):
+        rows += side_by_side(tabulate.tabulate_kernel_module(morse), MORSE_WATER, "morse_water" + TABULATED_SUFFIX,
+                             replicas, args.steps, cores, missing is None, block=args.block)
     for path in (LEARNED_PAIRWISE, LEARNED):
         if not path.is_file():
             notes.append(f"no learned kernel module at {path.relative_to(ROOT)} when this ran")
@@ -592,12 +604,14 @@ def main() -> None:
         sizes = LEARNED_PAIRWISE_REPLICAS if path == LEARNED_PAIRWISE else LEARNED_REPLICAS
         learned_replicas = [a for a in replicas if a in sizes]
         try:
-            rows += side_by_side(kernel, path, label, learned_replicas, args.steps, cores,
-                                 missing is None and not threebody, block=args.block)
+            if wanted(label):
+                rows += side_by_side(kernel, path, label, learned_replicas, args.steps, cores,
+                                     missing is None and not threebody, block=args.block)
             # the same model with tabulated pair laws; LAMMPS runs the same table export of the closed form
-            rows += side_by_side(tabulate.tabulate_kernel_module(kernel), path, label + TABULATED_SUFFIX,
-                                 learned_replicas, args.steps, cores, missing is None and not threebody,
-                                 block=args.block)
+            if wanted(label + TABULATED_SUFFIX):
+                rows += side_by_side(tabulate.tabulate_kernel_module(kernel), path, label + TABULATED_SUFFIX,
+                                     learned_replicas, args.steps, cores, missing is None and not threebody,
+                                     block=args.block)
         except (ExportError, MldError, RuntimeError) as exc:
             notes.append(f"{path.relative_to(ROOT)} not benchmarked: {exc}")
     loads.append(load_average())
@@ -630,7 +644,7 @@ def main() -> None:
     text = markdown(rows, compared, cp2k, meta)
     print(text)
     print(f"benchmark wall time {meta['wall_s']:.0f} s")
-    if not args.no_write:
+    if write:
         out = ROOT / "benchmarks" / "results"
         payload = {"meta": meta, "comparison": compared, "cp2k": cp2k, "learned": learned_costs(rows),
                    "tabulated": tabulation_gains(rows), "rows": rows}

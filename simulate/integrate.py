@@ -13,9 +13,10 @@ Python's cost of a step (a dozen calls into compiled code, new named tuples) is 
 (measured at 96 atoms), a quarter of the pair forces of a hundred atoms. So NVE and the Nosé–Hoover
 chain also offer
 ``run(state, n_steps, max_force_ev_per_angstrom, min_distance_angstrom, planned_steps=0) -> (state, steps done,
-list builds)``: up to ``n_steps`` steps in one compiled loop that calls the same compiled pieces
-(kicks, drifts, chain half-steps, list builds, force functions) in the same order, so it reaches the
-states of ``step`` bit for bit. Only its last step computes energy, per-atom losses and virial (nobody
+list builds)``: up to ``n_steps`` steps in one compiled loop that does the same arithmetic in the same
+order (chain half-steps, list builds and force functions are the same compiled pieces; the first kick,
+the drift and the list's displacement test run as one sweep over the atoms, and so do the second kick
+and the checks of :mod:`simulate.md`), so it reaches the states of ``step`` bit for bit. Only its last step computes energy, per-atom losses and virial (nobody
 reads them in between, as LAMMPS computes energies only on output steps); from 1,000 atoms, or in a run
 whose ``planned_steps`` make 2·10⁷ atom-steps, the others take the same forces, bit for bit, from the
 forces-only variant of the force loop (:func:`simulate.energy._make_loops`).
@@ -113,14 +114,53 @@ def _drift_loop(positions, velocities, dt):
     return out
 
 
+def _kick_drift_loop(velocities, forces, accel_per_force, dt_kick, positions, dt_drift, reference, v_out, x_out):
+    """A kick, the drift after it and the list's displacement test in one sweep over the atoms: v' = v +
+    dt_kick F/m into ``v_out``, x + dt_drift v' into ``x_out``, and the largest squared distance (Å²) of
+    the new positions from ``reference`` returned (see :func:`simulate.partition.max_displacement_angstrom`);
+    the same numbers bit for bit as the three loops apart."""
+    worst = 0.0
+    for i in prange(velocities.shape[0]):
+        c = dt_kick * accel_per_force[i]
+        for d in range(3):
+            v_out[i, d] = velocities[i, d] + c * forces[i, d]
+            x_out[i, d] = positions[i, d] + dt_drift * v_out[i, d]
+        dx = x_out[i, 0] - reference[i, 0]
+        dy = x_out[i, 1] - reference[i, 1]
+        dz = x_out[i, 2] - reference[i, 2]
+        worst = max(worst, dx * dx + dy * dy + dz * dz)
+    return worst
+
+
+def _kick_checked_loop(velocities, forces, accel_per_force, dt, positions, max_force2, out):
+    """v + dt F/m into ``out`` (as :func:`_kick_loop`) and, in the same sweep, how many atoms fail the
+    checks of :mod:`simulate.md`: a force non-finite or of square beyond ``max_force2``, a position or
+    new velocity non-finite."""
+    failed = 0
+    for i in prange(velocities.shape[0]):
+        c = dt * accel_per_force[i]
+        f2 = forces[i, 0] ** 2 + forces[i, 1] ** 2 + forces[i, 2] ** 2
+        healthy = math.isfinite(f2) and f2 <= max_force2
+        for d in range(3):
+            out[i, d] = velocities[i, d] + c * forces[i, d]
+            healthy = healthy and math.isfinite(positions[i, d]) and math.isfinite(out[i, d])
+        if not healthy:
+            failed += 1
+    return failed
+
+
 _KICK = serial_and_parallel(_kick_loop)
 _DRIFT = serial_and_parallel(_drift_loop)
+_KICK_DRIFT = serial_and_parallel(_kick_drift_loop)
+_KICK_CHECKED = serial_and_parallel(_kick_checked_loop)
 
 # The kicks and the drift (a few ns per atom) run on threads only from this many atoms. Each parallel
 # loop wakes the threads, which sleep between loops (see simulate.partition): some 50 µs on the 2-core
 # VMs here, more than the loop saves on fewer atoms. Measured per NVE step on 2 threads (learned pairwise
-# tabulated water): serial 15 % less time at 6,144 atoms and 2 % at 49,152; parallel 4 % less at 96,000.
-STREAM_PARALLEL_MIN_ATOMS = 75_000
+# tabulated water, fresh arrays every step): serial 15 % less time at 6,144 atoms. With the compiled
+# block's fused sweeps into arrays of its own (tabulated Morse water): no difference at 6,144 and 20,736
+# atoms, parallel 5 % less time at 49,152.
+STREAM_PARALLEL_MIN_ATOMS = 40_000
 
 
 def streams_parallel(n_atoms: int) -> bool:
@@ -351,7 +391,7 @@ _BLOCKS: dict = {}
 _STOP_TRIPLET_OVERFLOW, _STOP_UNHEALTHY = 2, 3
 
 
-def _make_block(forces_of, forces_between, build, kick_loop, drift_loop, nose_hoover):
+def _make_block(forces_of, forces_between, build, kick_drift_loop, kick_checked_loop, nose_hoover):
     """A compiled loop of velocity-Verlet steps (with the chain's half-steps around them if ``nose_hoover``).
 
     Every piece is the compiled function the Python ``step`` calls, in the same order; the list is
@@ -374,6 +414,15 @@ def _make_block(forces_of, forces_between, build, kick_loop, drift_loop, nose_ho
         kt, n_dof, chain_steps, weights = chain_settings
         max_force2, min_distance = limits
         half_dt = 0.5 * dt
+        # the steps write their positions and velocities into arrays of the block's own, two of each,
+        # taken in turn: the state a step leaves stays intact through the next one, which a failed step
+        # returns. Fresh arrays every step cost page faults (the allocator hands large ones back to the
+        # system when they are freed): the kick-and-drift sweep of 96,000 atoms took 1.4 ms instead of 0.5
+        # on one thread.
+        n = positions.shape[0]
+        v_half = np.empty((n, 3))
+        x_even, x_odd = np.empty((n, 3)), np.empty((n, 3))
+        v_even, v_odd = np.empty((n, 3)), np.empty((n, 3))
         done = 0
         builds = 0
         stop = 0
@@ -385,11 +434,12 @@ def _make_block(forces_of, forces_between, build, kick_loop, drift_loop, nose_ho
                 scale, xi_new, v_xi_new = _chain_half_step(_twice_kinetic(v, masses), xi, v_xi, q_mass, kt, n_dof,
                                                            dt, chain_steps, weights)
                 v = _scaled(v, scale)
-            v_half = kick_loop(v, forces, accel, half_dt)
-            x = drift_loop(positions, v_half, dt)
+            x = x_even if step % 2 == 0 else x_odd
+            v_new = v_even if step % 2 == 0 else v_odd
+            moved2 = kick_drift_loop(v, forces, accel, half_dt, positions, dt, reference, v_half, x)
             nb, cn, im, wr, od, ls, ref = neighbors, counts, image, wrap, order, layer_start, reference
             # a list of no slots lists every pair (partition.lists_every_pair): nothing to rebuild
-            rebuilt = nb.shape[1] > 0 and partition.max_displacement_angstrom(x, reference) > 0.5 * skin
+            rebuilt = nb.shape[1] > 0 and math.sqrt(moved2) > 0.5 * skin
             if rebuilt:
                 # as wide as before, or wider where rows overflow it (the build searches them again)
                 nb, cn, im, wr, od, ls, _ = build(x, box, n_cells, list_cutoff, nb.shape[1], half, brute)
@@ -403,18 +453,15 @@ def _make_block(forces_of, forces_between, build, kick_loop, drift_loop, nose_ho
             if needed3 > work[6].shape[1]:
                 stop = _STOP_TRIPLET_OVERFLOW
                 break
-            v_new = kick_loop(v_half, f_new, accel, half_dt)
+            # the checks of simulate.md: any doubt, and step() takes this step instead
+            failed = kick_checked_loop(v_half, f_new, accel, half_dt, x, max_force2, v_new)
+            healthy = failed == 0 and closest >= min_distance and (not last or math.isfinite(out[4]))
             if nose_hoover:
                 scale, xi_new, v_xi_new = _chain_half_step(_twice_kinetic(v_new, masses), xi_new, v_xi_new, q_mass,
                                                            kt, n_dof, dt, chain_steps, weights)
+                # (a finite scale keeps the velocities finite)
+                healthy = healthy and math.isfinite(scale)
                 v_new = _scaled(v_new, scale)
-            # the checks of simulate.md: any doubt, and step() takes this step instead
-            healthy = closest >= min_distance and (not last or math.isfinite(out[4]))
-            for i in range(x.shape[0]):
-                f2 = f_new[i, 0] ** 2 + f_new[i, 1] ** 2 + f_new[i, 2] ** 2
-                healthy = healthy and math.isfinite(f2) and f2 <= max_force2
-                for d in range(3):
-                    healthy = healthy and math.isfinite(x[i, d]) and math.isfinite(v_new[i, d])
             if not healthy:
                 stop = _STOP_UNHEALTHY
                 break
@@ -458,8 +505,8 @@ def _block(force_fn, parallel: bool, nose_hoover: bool, n_atoms: int, planned_st
     cached = _BLOCKS.get(key)
     if cached is None or cached[0] is not loops:
         between = loops.half_forces_only[parallel] if forces_only else loops.half[parallel]
-        cached = (loops, _make_block(loops.half[parallel], between, partition.BUILD[parallel], _KICK[streams],
-                                     _DRIFT[streams], nose_hoover))
+        cached = (loops, _make_block(loops.half[parallel], between, partition.BUILD[parallel],
+                                     _KICK_DRIFT[streams], _KICK_CHECKED[streams], nose_hoover))
         _BLOCKS[key] = cached
     return cached[1]
 
