@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -406,9 +407,12 @@ def _make_block(forces_of, forces_between, build, kick_drift_loop, kick_checked_
 
     @numba.njit
     def block(n_steps, positions, velocities, masses, accel, dt, force_out, list_arrays, list_settings, types,
-              box, cutoffs, work, chain_state, chain_settings, limits):
+              box, cutoffs, work, chain_state, chain_settings, limits, spare_rows):
         forces, loss, nearest, energy_ev, virial_ev = force_out
         neighbors, counts, image, wrap, order, layer_start, reference = list_arrays
+        # rows a rebuild may fill (see _spare_rows), then those of the last list this block built itself
+        spare_neighbors, spare_image = spare_rows
+        own_list = False  # whether the list of the current state is one this block built
         n_cells, brute, half, list_cutoff, skin = list_settings
         xi, v_xi, q_mass = chain_state
         kt, n_dof, chain_steps, weights = chain_settings
@@ -442,8 +446,13 @@ def _make_block(forces_of, forces_between, build, kick_drift_loop, kick_checked_
             rebuilt = nb.shape[1] > 0 and math.sqrt(moved2) > 0.5 * skin
             if rebuilt:
                 # as wide as before, or wider where rows overflow it (the build searches them again)
-                nb, cn, im, wr, od, ls, _ = build(x, box, n_cells, list_cutoff, nb.shape[1], half, brute)
+                nb, cn, im, wr, od, ls, _ = build(x, box, n_cells, list_cutoff, nb.shape[1], half, brute,
+                                                  spare_neighbors, spare_image)
                 ref = x.copy()
+                # the list this step replaces is free once it is taken (a step that fails ends the block)
+                # if this block built it; one it was given belongs to the caller's state
+                spare_neighbors = neighbors if own_list else np.empty((0, 0), dtype=np.int32)
+                spare_image = image if own_list else np.empty((0, 0), dtype=np.int8)
             last = step == n_steps - 1
             if last:
                 out = forces_of(x, types, box, nb, cn, od, ls, im, wr, cutoffs[0], cutoffs[1], work)
@@ -470,6 +479,7 @@ def _make_block(forces_of, forces_between, build, kick_drift_loop, kick_checked_
                 loss, nearest, energy_ev, virial_ev = out[1], out[3], out[4], out[5]
             complete = last
             neighbors, counts, image, wrap, order, layer_start, reference = nb, cn, im, wr, od, ls, ref
+            own_list = own_list or rebuilt
             xi, v_xi = xi_new, v_xi_new
             done += 1
             builds += rebuilt
@@ -511,6 +521,36 @@ def _block(force_fn, parallel: bool, nose_hoover: bool, n_atoms: int, planned_st
     return cached[1]
 
 
+# Rows of neighbour lists that compiled blocks replaced, for a later rebuild to write into instead of fresh
+# memory (see partition._rows; at 96,000 atoms a build took 50 ms so, 60 into fresh memory, one thread): the
+# last one, lent to a block only while nothing else (a state the caller kept) holds it.
+_RETIRED_ROWS: list = []
+_RETIRED_KEPT = 1
+
+
+def _references(rows: tuple) -> tuple:
+    return sys.getrefcount(rows[0]), sys.getrefcount(rows[1])
+
+
+# what _references counts for rows whose arrays nothing holds but their tuple (the same call, calibrated)
+_UNHELD = _references((np.empty(1), np.empty(1)))
+
+
+def _spare_rows(n_atoms: int, capacity: int) -> tuple:
+    """(neighbors, image) of a retired list ``n_atoms`` rows by ``capacity`` that nothing else holds, taken
+    out of the pool, or :data:`simulate.partition.NO_SPARE_ROWS`."""
+    for k, rows in enumerate(_RETIRED_ROWS):
+        if rows[0].shape == rows[1].shape == (n_atoms, capacity) and _references(rows) == _UNHELD:
+            return _RETIRED_ROWS.pop(k)
+    return partition.NO_SPARE_ROWS
+
+
+def _retire_rows(rows: tuple) -> None:
+    if rows[0].size:
+        _RETIRED_ROWS.append(rows)
+        del _RETIRED_ROWS[:-_RETIRED_KEPT]
+
+
 # the chain settings and state an NVE block is given, and leaves alone
 _NO_CHAIN = ((0.0, 0.0, 1, np.ones(1)), (np.zeros(1), np.zeros(1), np.ones(1)))
 
@@ -531,6 +571,7 @@ def _run_block(force_fn, state, n_steps: int, dt_fs: float, max_force: float, mi
         chain_state = (state.chain.xi, state.chain.v_xi, state.chain.q_mass)
     else:
         (kt, n_dof, chain_steps, weights), chain_state = _NO_CHAIN
+    spare = _spare_rows(n, nl.neighbors.shape[1])
     done, builds, _, positions, velocities, force_out, list_arrays, (xi, v_xi) = _block(
         force_fn, parallel, nose_hoover, n, planned_steps)(
         int(n_steps), np.ascontiguousarray(state.positions, dtype=float),
@@ -543,13 +584,17 @@ def _run_block(force_fn, state, n_steps: int, dt_fs: float, max_force: float, mi
          float(nl.cutoff_angstrom + nl.skin_angstrom), float(nl.skin_angstrom)),
         force_fn.types, nl.box_angstrom, (loops.cutoff_angstrom, loops.threebody_cutoff_angstrom),
         energy.workspace(loops, n, nl.box_angstrom, bonded_pairs=force_fn.bonded_pairs), chain_state, (float(kt), float(n_dof), int(chain_steps), weights),
-        (float(max_force) ** 2, float(min_distance)),
+        (float(max_force) ** 2, float(min_distance)), spare,
     )
-    if done == 0:
-        return state, 0, 0
     forces, loss, nearest, energy_ev, virial_ev = force_out
     neighbors, counts, image, wrap, order, layer_start, reference = list_arrays
+    if spare[0].size and spare[0].ctypes.data != neighbors.ctypes.data:
+        _retire_rows(spare)  # not the list the block returns: free still (its rows may hold a discarded build)
+    del spare
+    if done == 0:
+        return state, 0, 0
     if builds:
+        _retire_rows((nl.neighbors, nl.image))  # the caller's state may hold it still: see _spare_rows
         nl = nl._replace(neighbors=neighbors, counts=counts, reference_positions=reference, order=order,
                          layer_start=layer_start, image=image, wrap_angstrom=wrap)
     result = ForceResult(float(energy_ev), forces, loss, float(virial_ev), nearest)

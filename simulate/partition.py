@@ -186,8 +186,28 @@ def has_headroom(longest_row: int, capacity: int) -> bool:
     return longest_row + longest_row // 8 + 4 <= capacity
 
 
-def _build_cells(positions, box, n_cells, list_cutoff, capacity, cell_start, cell_atoms, stencil, half):
-    """Rows of the list by cell search: (neighbors, counts, image codes, wraps).
+# rows to pass a build that has none to spare
+NO_SPARE_ROWS = (np.empty((0, 0), dtype=np.int32), np.empty((0, 0), dtype=np.int8))
+
+
+@numba.njit(inline="always")
+def _rows(n, capacity, spare_neighbors, spare_image):
+    """(neighbors, image) arrays of n rows ``capacity`` wide: the spare ones where they have that shape,
+    else fresh ones. The caller vouches that nothing else reads the spare rows (see
+    :func:`simulate.integrate._spare_rows`): a list of 10⁵ atoms takes some 50 MB, and fresh memory costs a
+    page fault every 4 KiB (the allocator hands arrays this large back to the system when they are freed),
+    some 10 ms of a 50 ms build."""
+    fits = (spare_neighbors.shape[0] == n and spare_neighbors.shape[1] == capacity
+            and spare_image.shape[0] == n and spare_image.shape[1] == capacity)
+    neighbors = spare_neighbors if fits else np.empty((n, capacity), dtype=np.int32)
+    image = spare_image if fits else np.empty((n, capacity), dtype=np.int8)
+    return neighbors, image
+
+
+def _build_cells(positions, box, n_cells, list_cutoff, capacity, cell_start, cell_atoms, stencil, half, spare_neighbors,
+                 spare_image):
+    """Rows of the list by cell search: (neighbors, counts, image codes, wraps), the rows written into
+    ``spare_neighbors`` and ``spare_image`` where they have the list's shape (see :func:`_rows`).
 
     The search reads a cell-ordered copy of the positions wrapped into the box, so each cell's atoms
     are contiguous in memory and the image of a neighbouring cell is one shift by a box length,
@@ -208,10 +228,9 @@ def _build_cells(positions, box, n_cells, list_cutoff, capacity, cell_start, cel
         sx[a] = positions[i, 0] - wrap[row, 0]
         sy[a] = positions[i, 1] - wrap[row, 1]
         sz[a] = positions[i, 2] - wrap[row, 2]
-    # np.empty, not np.full: in a parallel function an array expression is a parallel region of
-    # its own; rows are padded with −1 below instead
-    neighbors = np.empty((n, capacity), dtype=np.int32)
-    image = np.empty((n, capacity), dtype=np.int8)
+    # no np.full: in a parallel function an array expression is a parallel region of its own; rows are
+    # padded with −1 below instead
+    neighbors, image = _rows(n, capacity, spare_neighbors, spare_image)
     counts = np.empty(n, dtype=np.int32)
     filled = np.empty(n, dtype=np.int64)
     rl2 = list_cutoff * list_cutoff
@@ -288,8 +307,9 @@ def _build_cells(positions, box, n_cells, list_cutoff, capacity, cell_start, cel
     return neighbors, counts, image, wrap
 
 
-def _build_brute(positions, box, list_cutoff, capacity, half):
-    """Rows of the list by a search over all pairs and all their images within the list cutoff."""
+def _build_brute(positions, box, list_cutoff, capacity, half, spare_neighbors, spare_image):
+    """Rows of the list by a search over all pairs and all their images within the list cutoff (into the
+    spare rows where they fit, as :func:`_build_cells`)."""
     n = positions.shape[0]
     wrap = np.empty((n, 3))
     wrapped = np.empty((n, 3))
@@ -297,8 +317,7 @@ def _build_brute(positions, box, list_cutoff, capacity, half):
         for d in range(3):
             wrap[i, d] = box[d] * math.floor(positions[i, d] / box[d])
             wrapped[i, d] = positions[i, d] - wrap[i, d]
-    neighbors = np.empty((n, capacity), dtype=np.int32)
-    image = np.empty((n, capacity), dtype=np.int8)
+    neighbors, image = _rows(n, capacity, spare_neighbors, spare_image)
     counts = np.empty(n, dtype=np.int32)
     rl = list_cutoff
     rl2 = list_cutoff * list_cutoff
@@ -382,12 +401,13 @@ def _make_build(build_cells, build_brute):
     """The whole build of a list, compiled, so that a compiled MD loop can rebuild its list itself."""
 
     @numba.njit
-    def build(positions, box, n_cells, list_cutoff, capacity, half, brute):
+    def build(positions, box, n_cells, list_cutoff, capacity, half, brute, spare_neighbors, spare_image):
         """(neighbors, counts, image, wrap, order, layer_start, longest row), ``capacity`` wide or wider.
 
         Rows that overflow ``capacity`` are searched again, :func:`widened_capacity` wide, so the
         list is complete and the same whatever width it was asked for (a compiled MD loop rebuilds
-        its list here without stopping).
+        its list here without stopping). The rows go into ``spare_neighbors`` and ``spare_image``
+        where those have their shape (:data:`NO_SPARE_ROWS`: none to spare).
         """
         n = positions.shape[0]
         if brute:
@@ -406,10 +426,12 @@ def _make_build(build_cells, build_brute):
         stencil = _HALF_STENCIL if half else _FULL_STENCIL
         while True:
             if brute:
-                neighbors, counts, image, wrap = build_brute(positions, box, list_cutoff, capacity, half)
+                neighbors, counts, image, wrap = build_brute(positions, box, list_cutoff, capacity, half,
+                                                             spare_neighbors, spare_image)
             else:
                 neighbors, counts, image, wrap = build_cells(positions, box, n_cells, list_cutoff, capacity,
-                                                             cell_start, order, stencil, half)
+                                                             cell_start, order, stencil, half, spare_neighbors,
+                                                             spare_image)
             needed = 0
             for i in range(n):
                 needed = max(needed, counts[i])
@@ -498,7 +520,7 @@ def neighbor_list(
     cells = np.array(n_cells, dtype=np.int64)
     build = BUILD[use_parallel(n)]
     neighbors, counts, image, wrap, order, layer_start, longest = build(
-        positions, box, cells, list_cutoff, capacity, bool(half), brute)
+        positions, box, cells, list_cutoff, capacity, bool(half), brute, *NO_SPARE_ROWS)
     if fresh and neighbors.shape[1] > 0 and not has_headroom(longest, neighbors.shape[1]):
         # a first list as wide as its rows would overflow at an early rebuild (see has_headroom): its
         # complete rows, copied into wider ones now, instead of a double search in the run

@@ -333,3 +333,35 @@ def test_a_block_that_stops_early_returns_the_complete_state_of_its_last_good_st
     assert done == fail  # steps 1 … fail, then step fail + 1 is refused
     assert_same_state(state, states[fail])
     assert np.array_equal(state.force.nearest_angstrom, states[fail].force.nearest_angstrom)
+
+
+def test_blocks_reuse_the_rows_of_lists_nothing_holds_and_never_those_of_a_kept_state(morse):
+    """A rebuild in a compiled block writes into the rows of a list an earlier block replaced, but only
+    when no state (nor view) still holds them: kept states keep their lists, and the steps are the same."""
+    types, positions, box = replicated_water(morse, (3, 2, 2))
+    masses = np.asarray(morse.MASSES_AMU)[types]
+    velocities = setup.maxwell_boltzmann(masses, 600.0, seed=5)
+    nve = integrate.nve(energy.make_force_fn(morse, types, box), 0.5)
+    start = nve.init(positions, velocities, masses)
+    integrate._RETIRED_ROWS.clear()
+    # every state kept: each rebuild needs fresh rows, and every kept list stays as it was built
+    kept, snapshots = [start], [start.neighbors.neighbors.copy()]
+    for _ in range(6):
+        state, done, _ = nve.run(kept[-1], 10, np.inf, 0.0)
+        assert done == 10
+        kept.append(state)
+        snapshots.append(state.neighbors.neighbors.copy())
+    assert len({s.neighbors.neighbors.ctypes.data for s in kept}) > 3  # the blocks rebuilt their lists
+    assert len({id(s.neighbors.neighbors) for s in kept}) == len({s.neighbors.neighbors.ctypes.data for s in kept})
+    for state, rows in zip(kept, snapshots):
+        assert np.array_equal(state.neighbors.neighbors, rows)
+    # the same 60 steps in blocks of 5, each state dropped as md.simulate drops it: a rebuild then fills
+    # the rows the block before it retired
+    state, reused = nve.init(positions, velocities, masses), []
+    for _ in range(12):
+        before = integrate._RETIRED_ROWS[0][0].ctypes.data if integrate._RETIRED_ROWS else None
+        state, done, builds = nve.run(state, 5, np.inf, 0.0)
+        assert done == 5
+        reused.append(builds > 0 and state.neighbors.neighbors.ctypes.data == before)
+    assert sum(reused) >= 2
+    assert_same_state(state, kept[-1])
