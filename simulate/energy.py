@@ -103,6 +103,10 @@ TRIPLET_CHUNK = 32  # centres per parallel task of the full-list three-body pass
 # centres on one thread (a step of 2,592 atoms on two threads took 35–45 % more time): two halves of the
 # rows instead, each adding its forces to an array of its own.
 PHASED_MIN_LAYERS = 6
+# The half-list pass copies the positions into cell order and its forces back on threads from this many
+# atoms (plain loops below it: a parallel loop wakes the sleeping threads, see simulate.partition). The two
+# sweeps took some 1.2 ms of a 10 ms forces-only pass of 96,000 atoms on two threads.
+SWEEP_PARALLEL_MIN_ATOMS = 40_000
 
 
 @numba.njit(cache=True)
@@ -690,20 +694,34 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
             xs, ys, zs = by_coordinate[0], by_coordinate[1], by_coordinate[2]
             bx, by, bz, br = by_coordinate[3], by_coordinate[4], by_coordinate[5], by_coordinate[6]
             width = n if all_pairs else neighbors.shape[1]
-            for p in range(n):
-                i = order[p]
-                for d in range(3):
-                    cell_positions[p, d] = positions[i, d] - wrap[p, d]
-                    forces[p, d] = 0.0
-                if all_pairs:
-                    xs[p] = cell_positions[p, 0]
-                    ys[p] = cell_positions[p, 1]
-                    zs[p] = cell_positions[p, 2]
-                cell_types[p] = types[i]
-                if with_energy:
-                    loss[p] = 0.0
-                    r2min[p] = np.inf
-                cnt3[p] = 0
+            # the copies in cell order: the same sweep written twice, on threads in a big box (see
+            # SWEEP_PARALLEL_MIN_ATOMS) and plain in a small one
+            if n >= SWEEP_PARALLEL_MIN_ATOMS:
+                for p in prange(n):
+                    i = order[p]
+                    for d in range(3):
+                        cell_positions[p, d] = positions[i, d] - wrap[p, d]
+                        forces[p, d] = 0.0
+                    cell_types[p] = types[i]
+                    if with_energy:
+                        loss[p] = 0.0
+                        r2min[p] = np.inf
+                    cnt3[p] = 0
+            else:
+                for p in range(n):
+                    i = order[p]
+                    for d in range(3):
+                        cell_positions[p, d] = positions[i, d] - wrap[p, d]
+                        forces[p, d] = 0.0
+                    if all_pairs:
+                        xs[p] = cell_positions[p, 0]
+                        ys[p] = cell_positions[p, 1]
+                        zs[p] = cell_positions[p, 2]
+                    cell_types[p] = types[i]
+                    if with_energy:
+                        loss[p] = 0.0
+                        r2min[p] = np.inf
+                    cnt3[p] = 0
             shifts = partition.image_shifts_angstrom(box)
             lx, ly, lz = box[0], box[1], box[2]
             inverse_lx, inverse_ly, inverse_lz = 1.0 / lx, 1.0 / ly, 1.0 / lz
@@ -886,13 +904,20 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                         energy += energy3[k]
             # back to atom order
             atom_forces = np.empty((n, 3))
-            for p in range(n):
-                i = order[p]
-                for d in range(3):
-                    atom_forces[i, d] = forces[p, d]
             closest2 = np.inf
-            for p in range(n):
-                closest2 = min(closest2, r2min[p])
+            if n >= SWEEP_PARALLEL_MIN_ATOMS:
+                for p in prange(n):
+                    i = order[p]
+                    for d in range(3):
+                        atom_forces[i, d] = forces[p, d]
+                    closest2 = min(closest2, r2min[p])
+            else:
+                for p in range(n):
+                    i = order[p]
+                    for d in range(3):
+                        atom_forces[i, d] = forces[p, d]
+                for p in range(n):
+                    closest2 = min(closest2, r2min[p])
             if not with_energy:
                 if with_bonds:
                     # the bonded pass's losses and virials go to scratch arrays nobody reads

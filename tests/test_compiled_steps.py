@@ -314,6 +314,29 @@ def test_four_blocks_of_thirteen_layers_give_the_same_forces_bit_for_bit_on_any_
             numba.set_num_threads(threads)
 
 
+def test_a_big_box_copied_in_and_out_of_cell_order_on_threads_gives_the_same_forces_bit_for_bit(morse):
+    """From energy.SWEEP_PARALLEL_MIN_ATOMS atoms the pass copies positions into cell order and forces back on
+    threads: the same numbers as the serial pass, on one thread or two."""
+    types, positions, box = replicated_water(morse, (8, 8, 7))  # 43,008 atoms: sweeps on threads too
+    assert len(positions) >= energy.SWEEP_PARALLEL_MIN_ATOMS
+    nl = partition.neighbor_list(positions, box, morse.CUTOFF_ANGSTROM, 1.0, half=True)
+    loops = energy.force_loops(morse)
+    work = energy.workspace(loops, len(positions), box)
+    args = (positions, types, box, nl.neighbors, nl.counts, nl.order, nl.layer_start, nl.image, nl.wrap_angstrom,
+            loops.cutoff_angstrom, 0.0, work)
+    serial = loops.half[0](*args)
+    threads = numba.get_num_threads()
+    try:
+        for count in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+            numba.set_num_threads(count)
+            full, forces_only = loops.half[1](*args), loops.half_forces_only[1](*args)
+            for name in (0, 1, 3, 4):  # forces, losses, nearest distances, energy
+                assert np.array_equal(serial[name], full[name])
+            assert np.array_equal(serial[0], forces_only[0]) and serial[7] == forces_only[7] == full[7]
+    finally:
+        numba.set_num_threads(threads)
+
+
 def test_a_block_that_stops_early_returns_the_complete_state_of_its_last_good_step(morse, monkeypatch):
     """A block stops before a step that fails a check; the state it returns came from a forces-only step."""
     monkeypatch.setattr(integrate, "FORCES_ONLY_MIN_ATOMS", 0)
