@@ -371,6 +371,9 @@ def cp2k_comparison(rows: list[dict]) -> list[dict]:
 
 
 TABULATED_SUFFIX = "_tabulated"
+# the rows' model labels (`--only`)
+MODEL_LABELS = tuple(base + suffix for base in ("morse_water", "learned_pairwise", "learned_manybody", "learned_default")
+                     for suffix in ("", TABULATED_SUFFIX))
 
 
 def tabulation_gains(rows: list[dict]) -> list[dict]:
@@ -566,17 +569,19 @@ def main() -> None:
                              "about 10⁵ a millisecond), as MPI ranks busy-wait; results go to simulate_spin.*")
     parser.add_argument("--block", type=int, default=BLOCK_STEPS,
                         help="mld steps per compiled block (0: the plain step-by-step path)")
-    parser.add_argument("--min-atoms", type=int, default=0)
+    parser.add_argument("--min-atoms", type=int, default=0, help="smallest box to run; print only")
     parser.add_argument("--only", default="",
-                        help="comma-separated model labels to run (e.g. morse_water_tabulated); print only")
+                        help="comma-separated model labels to run, of " + ", ".join(MODEL_LABELS) + "; print only")
     args = parser.parse_args()
     started = time.perf_counter()
     only = {label for label in args.only.split(",") if label}
+    if only - set(MODEL_LABELS):
+        parser.error(f"--only: unknown model label(s) {', '.join(sorted(only - set(MODEL_LABELS)))}")
 
     def wanted(label: str) -> bool:
         return not only or label in only
 
-    write = not (args.no_write or only)
+    write = not (args.no_write or only or args.min_atoms)  # a part of the benchmark is only printed
     cores = tuple(c for c in CORES if c <= numba.config.NUMBA_NUM_THREADS)
     missing = "not asked for (--no-lammps)" if args.no_lammps else lammps_missing()
     replicas = [a for a in REPLICAS if args.min_atoms <= 96 * a**3 <= args.max_atoms]

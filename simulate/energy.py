@@ -694,8 +694,9 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
             xs, ys, zs = by_coordinate[0], by_coordinate[1], by_coordinate[2]
             bx, by, bz, br = by_coordinate[3], by_coordinate[4], by_coordinate[5], by_coordinate[6]
             width = n if all_pairs else neighbors.shape[1]
-            # the copies in cell order: the same sweep written twice, on threads in a big box (see
-            # SWEEP_PARALLEL_MIN_ATOMS) and plain in a small one
+            # the copies in cell order: on threads in a big box (see SWEEP_PARALLEL_MIN_ATOMS), plain in a small
+            # one, which alone may list every pair (the by-coordinate copies of partition.ALL_PAIRS_MAX_ATOMS
+            # atoms or fewer)
             if n >= SWEEP_PARALLEL_MIN_ATOMS:
                 for p in prange(n):
                     i = order[p]

@@ -395,8 +395,12 @@ _STOP_TRIPLET_OVERFLOW, _STOP_UNHEALTHY = 2, 3
 def _make_block(forces_of, forces_between, build, kick_drift_loop, kick_checked_loop, nose_hoover):
     """A compiled loop of velocity-Verlet steps (with the chain's half-steps around them if ``nose_hoover``).
 
-    Every piece is the compiled function the Python ``step`` calls, in the same order; the list is
-    checked and rebuilt as :func:`simulate.partition.update` does, at the same width or wider. Steps before the
+    It does the arithmetic of the Python ``step`` in the same order: the chain's half-steps, list builds
+    and force functions are the compiled functions ``step`` calls; the first kick, the drift and the
+    list's displacement test are one sweep (``kick_drift_loop``), and so are the second kick and the checks
+    of :mod:`simulate.md` (``kick_checked_loop``). The list is checked and rebuilt as
+    :func:`simulate.partition.update` does, at the same width or wider, into the rows of a list nothing
+    holds where there is one (``spare_rows``, see :func:`_spare_rows`). Steps before the
     last take their forces from ``forces_between``: the forces-only variant of ``forces_of`` (the same
     forces bit for bit, without the energies, per-atom losses and virials nobody reads between
     outputs), or ``forces_of`` itself for a small system, where compiling the variant would cost more
@@ -468,9 +472,11 @@ def _make_block(forces_of, forces_between, build, kick_drift_loop, kick_checked_
             if nose_hoover:
                 scale, xi_new, v_xi_new = _chain_half_step(_twice_kinetic(v_new, masses), xi_new, v_xi_new, q_mass,
                                                            kt, n_dof, dt, chain_steps, weights)
-                # (a finite scale keeps the velocities finite)
-                healthy = healthy and math.isfinite(scale)
                 v_new = _scaled(v_new, scale)
+                # the velocities are checked after the scaling too, as simulate.md checks them
+                for i in range(n):
+                    for d in range(3):
+                        healthy = healthy and math.isfinite(v_new[i, d])
             if not healthy:
                 stop = _STOP_UNHEALTHY
                 break
@@ -532,21 +538,22 @@ def _references(rows: tuple) -> tuple:
     return sys.getrefcount(rows[0]), sys.getrefcount(rows[1])
 
 
-# what _references counts for rows whose arrays nothing holds but their tuple (the same call, calibrated)
-_UNHELD = _references((np.empty(1), np.empty(1)))
-
-
 def _spare_rows(n_atoms: int, capacity: int) -> tuple:
     """(neighbors, image) of a retired list ``n_atoms`` rows by ``capacity`` that nothing else holds, taken
     out of the pool, or :data:`simulate.partition.NO_SPARE_ROWS`."""
+    if not _RETIRED_ROWS or capacity == 0:
+        return partition.NO_SPARE_ROWS
+    unheld = _references((np.empty(1), np.empty(1)))  # the count for arrays nothing holds but their tuple
     for k, rows in enumerate(_RETIRED_ROWS):
-        if rows[0].shape == rows[1].shape == (n_atoms, capacity) and _references(rows) == _UNHELD:
+        if rows[0].shape == rows[1].shape == (n_atoms, capacity) and _references(rows) == unheld:
             return _RETIRED_ROWS.pop(k)
     return partition.NO_SPARE_ROWS
 
 
 def _retire_rows(rows: tuple) -> None:
-    if rows[0].size:
+    """Keep the rows of a replaced list for :func:`_spare_rows`: arrays that own their memory only (a view's
+    own views would hold its base, not the view, and escape the count of references)."""
+    if rows[0].size and not any(isinstance(a.base, np.ndarray) for a in rows):
         _RETIRED_ROWS.append(rows)
         del _RETIRED_ROWS[:-_RETIRED_KEPT]
 

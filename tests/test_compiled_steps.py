@@ -388,3 +388,25 @@ def test_blocks_reuse_the_rows_of_lists_nothing_holds_and_never_those_of_a_kept_
         reused.append(builds > 0 and state.neighbors.neighbors.ctypes.data == before)
     assert sum(reused) >= 2
     assert_same_state(state, kept[-1])
+    assert np.array_equal(state.neighbors.neighbors, kept[-1].neighbors.neighbors)
+
+
+def test_retired_rows_are_lent_only_when_nothing_holds_them():
+    """The pool of replaced lists' rows lends none that an array, a view of one or a list still holds."""
+    integrate._RETIRED_ROWS.clear()
+    try:
+        neighbors, image = np.zeros((6, 4), dtype=np.int32), np.zeros((6, 4), dtype=np.int8)
+        integrate._retire_rows((neighbors, image))
+        assert integrate._spare_rows(6, 4) is partition.NO_SPARE_ROWS  # both arrays held here
+        del neighbors
+        view = image[1:3]
+        del image
+        assert integrate._spare_rows(6, 4) is partition.NO_SPARE_ROWS  # a view holds the image rows
+        assert integrate._spare_rows(6, 5) is partition.NO_SPARE_ROWS  # nor rows of another width
+        del view
+        rows = integrate._spare_rows(6, 4)
+        assert rows is not partition.NO_SPARE_ROWS and rows[0].shape == (6, 4) and not integrate._RETIRED_ROWS
+        integrate._retire_rows((rows[0][:, :2], rows[1][:, :2]))  # views of rows: never pooled
+        assert not integrate._RETIRED_ROWS
+    finally:
+        integrate._RETIRED_ROWS.clear()
