@@ -16,10 +16,11 @@ chain also offer
 list builds)``: up to ``n_steps`` steps in one compiled loop that does the same arithmetic in the same
 order (chain half-steps, list builds and force functions are the same compiled pieces; the first kick,
 the drift and the list's displacement test run as one sweep over the atoms, and so do the second kick
-and the checks of :mod:`simulate.md`), so it reaches the states of ``step`` bit for bit. Only its last step computes energy, per-atom losses and virial (nobody
-reads them in between, as LAMMPS computes energies only on output steps); from 1,000 atoms, or in a run
-whose ``planned_steps`` make 2·10⁷ atom-steps, the others take the same forces, bit for bit, from the
-forces-only variant of the force loop (:func:`simulate.energy._make_loops`).
+and the checks of :mod:`simulate.md`), so it reaches the states of ``step`` bit for bit. Only its last
+step computes energy, per-atom losses and virial (nobody reads them in between, as LAMMPS computes
+energies only on output steps); from 1,000 atoms, or in a run whose ``planned_steps`` make 2·10⁷
+atom-steps, the others take the same forces, bit for bit, from the forces-only variant of the force loop
+(:func:`simulate.energy._make_loops`).
 It stops early, before committing it, at a step that ``step`` must
 take instead: one whose three-body rows overflow (``step`` widens them) or whose state
 fails the checks of :mod:`simulate.md` (``step`` then gives the state to report). ``run`` is
@@ -528,8 +529,8 @@ def _block(force_fn, parallel: bool, nose_hoover: bool, n_atoms: int, planned_st
 
 
 # Rows of neighbour lists that compiled blocks replaced, for a later rebuild to write into instead of fresh
-# memory (see partition._rows; at 96,000 atoms a build took 50 ms so, 60 into fresh memory, one thread): the
-# last one, lent to a block only while nothing else (a state the caller kept) holds it.
+# memory (see partition._rows; a build of 96,000 atoms took 50 ms into reused rows, 60 into fresh ones, on
+# one thread): the last one, lent to a block only while nothing else (a state the caller kept) holds it.
 _RETIRED_ROWS: list = []
 _RETIRED_KEPT = 1
 
