@@ -903,7 +903,7 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                                 forces[p, d] += own_forces[h, p, d]
                     for k in range(n):
                         energy += energy3[k]
-            # back to atom order
+            # back to atom order: the same sweep on threads in a big box, plain in a small one
             atom_forces = np.empty((n, 3))
             closest2 = np.inf
             if n >= SWEEP_PARALLEL_MIN_ATOMS:
@@ -917,7 +917,6 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                     i = order[p]
                     for d in range(3):
                         atom_forces[i, d] = forces[p, d]
-                for p in range(n):
                     closest2 = min(closest2, r2min[p])
             if not with_energy:
                 if with_bonds:
