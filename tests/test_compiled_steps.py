@@ -169,6 +169,17 @@ def test_compiled_run_of_a_three_body_model_is_bit_for_bit_the_stepwise_integrat
     assert_same_state(result.state, state)
 
 
+def each_thread_count():
+    """Numba set to one thread, then to two where there are two, restored after."""
+    threads = numba.get_num_threads()
+    try:
+        for count in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+            numba.set_num_threads(count)
+            yield count
+    finally:
+        numba.set_num_threads(threads)
+
+
 def replicated_water(kernel, repeats):
     species, positions, box, _ = water32_frame()
     positions, species, box = setup.replicate(positions, species, box, repeats)
@@ -191,16 +202,11 @@ def test_three_body_sums_are_the_same_bit_for_bit_for_serial_parallel_and_any_th
     args = (positions, types, box, nl.neighbors, nl.counts, nl.order, nl.layer_start, nl.image, nl.wrap_angstrom,
             loops.cutoff_angstrom, loops.threebody_cutoff_angstrom, work)
     serial = loops.half[0](*args)
-    threads = numba.get_num_threads()
-    try:
-        for count in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
-            numba.set_num_threads(count)
-            parallel = loops.half[1](*args)
-            for a, b in zip(serial[:4], parallel[:4]):
-                assert np.array_equal(a, b)
-            assert serial[4:] == parallel[4:]
-    finally:
-        numba.set_num_threads(threads)
+    for _ in each_thread_count():
+        parallel = loops.half[1](*args)
+        for a, b in zip(serial[:4], parallel[:4]):
+            assert np.array_equal(a, b)
+        assert serial[4:] == parallel[4:]
     assert serial[6] > 10  # the short rows were really filled: a dozen or more atoms within r_3
 
 
@@ -304,14 +310,9 @@ def test_four_blocks_of_thirteen_layers_give_the_same_forces_bit_for_bit_on_any_
         args = (positions, types, box, nl.neighbors, nl.counts, nl.order, nl.layer_start, nl.image,
                 nl.wrap_angstrom, loops.cutoff_angstrom, 0.0, work)
         serial = loops.half[0](*args)
-        threads = numba.get_num_threads()
-        try:
-            for count in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
-                numba.set_num_threads(count)
-                for parallel in (loops.half[1](*args), loops.half_forces_only[1](*args)):
-                    assert np.array_equal(serial[0], parallel[0])
-        finally:
-            numba.set_num_threads(threads)
+        for _ in each_thread_count():
+            for parallel in (loops.half[1](*args), loops.half_forces_only[1](*args)):
+                assert np.array_equal(serial[0], parallel[0])
 
 
 def test_a_big_box_copied_in_and_out_of_cell_order_on_threads_gives_the_same_forces_bit_for_bit(morse):
@@ -325,16 +326,11 @@ def test_a_big_box_copied_in_and_out_of_cell_order_on_threads_gives_the_same_for
     args = (positions, types, box, nl.neighbors, nl.counts, nl.order, nl.layer_start, nl.image, nl.wrap_angstrom,
             loops.cutoff_angstrom, 0.0, work)
     serial = loops.half[0](*args)
-    threads = numba.get_num_threads()
-    try:
-        for count in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
-            numba.set_num_threads(count)
-            full, forces_only = loops.half[1](*args), loops.half_forces_only[1](*args)
-            for name in (0, 1, 3, 4):  # forces, losses, nearest distances, energy
-                assert np.array_equal(serial[name], full[name])
-            assert np.array_equal(serial[0], forces_only[0]) and serial[7] == forces_only[7] == full[7]
-    finally:
-        numba.set_num_threads(threads)
+    for _ in each_thread_count():
+        full, forces_only = loops.half[1](*args), loops.half_forces_only[1](*args)
+        for name in (0, 1, 3, 4):  # forces, losses, nearest distances, energy
+            assert np.array_equal(serial[name], full[name])
+        assert np.array_equal(serial[0], forces_only[0]) and serial[7] == forces_only[7] == full[7]
 
 
 def test_a_block_that_stops_early_returns_the_complete_state_of_its_last_good_step(morse, monkeypatch):
