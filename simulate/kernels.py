@@ -55,6 +55,12 @@ Optional, for a three-body law that is a product (every closed-form family mld f
     ``@numba.njit`` scalar: ``(R, dR_dr)``, the factor of the leg to a neighbour of type j at r Å
     when the triplet's other neighbour is of type ``type_other``; (0, 0) when r ≥ r_3.
 
+``triplet_radial_two(type_k, type_j, type_other, r)``
+    optional, ``@numba.njit`` scalar: ``(R_o, dR_o, R_o+1, dR_o+1)``, the legs to that neighbour for the
+    other neighbour's types o and o + 1 at once ((0, 0) for o + 1 = S), the same numbers as two calls of
+    ``triplet_radial``: the moment sums ask for every leg of a neighbour (a tabulated module finds
+    the table cell once for both).
+
   such that ``triplet_energy_gradient(k, j, l, r1, r2, c)[0] = R(k, j, l, r1) · R(k, l, j, r2) ·
   Σ_n p_n[k][j][l] c^n``. The simulator then sums a centre's triplets by moments, in time linear in
   its neighbours (see :mod:`simulate.energy`); :func:`check_kernel_module` samples the identity and its
@@ -236,6 +242,14 @@ def check_separable_triplets(module: ModuleType, label: str = "kernel module") -
     for k, j, l in np.ndindex(s, s, s):
         if tuple(module.triplet_radial(k, j, l, r3)) != (0.0, 0.0):
             raise KernelModuleError(f"{label}: triplet_radial must be exactly zero at the three-body cutoff")
+    if hasattr(module, "triplet_radial_two"):
+        for k, j, o in np.ndindex(s, s, s):
+            for r in np.append(rng.uniform(0.5 * shortest, r3, SEPARABLE_SAMPLES), r3):
+                want = tuple(module.triplet_radial(k, j, o, r)) + (
+                    tuple(module.triplet_radial(k, j, o + 1, r)) if o + 1 < s else (0.0, 0.0))
+                if tuple(module.triplet_radial_two(k, j, o, r)) != want:
+                    raise KernelModuleError(f"{label}: triplet_radial_two({k}, {j}, {o}, {r:.6g}) is not "
+                                            f"triplet_radial of the legs {o} and {o + 1}")
 
 
 def is_molecular(module: ModuleType) -> bool:

@@ -329,6 +329,33 @@ def test_a_radial_factor_wrong_only_at_bond_lengths_is_refused():
     with pytest.raises(KernelModuleError, match="triplet_radial × TRIPLET_COS_POLYNOMIAL gives"):
         check_kernel_module(_separable_module(triplet_radial=doubled_below_a_bond), "bad.py")
 
+def test_a_two_leg_radial_that_differs_from_the_one_leg_radial_is_refused():
+    # the moment sums read every leg through triplet_radial_two where a module has one: it must be
+    # triplet_radial of the legs o and o + 1, and (0, 0) for the leg past the last species
+    closed = load_kernel_module(EXAMPLES / "separable_triplet.py").triplet_radial
+
+    @numba.njit
+    def two(type_k, type_j, type_other, r):
+        a, da = closed(type_k, type_j, type_other, r)
+        b, db = closed(type_k, type_j, type_other + 1, r) if type_other + 1 < 2 else (0.0, 0.0)
+        return a, da, b, db
+
+    @numba.njit
+    def swapped(type_k, type_j, type_other, r):
+        a, da, b, db = two(type_k, type_j, type_other, r)
+        return b, db, a, da
+
+    @numba.njit
+    def past_the_last(type_k, type_j, type_other, r):
+        a, da, b, db = two(type_k, type_j, type_other, r)
+        return a, da, b, db + (1e-300 if type_other == 1 else 0.0)
+
+    check_kernel_module(_separable_module(triplet_radial_two=two), "good.py")
+    for bad in (swapped, past_the_last):
+        with pytest.raises(KernelModuleError, match="is not triplet_radial of the legs"):
+            check_kernel_module(_separable_module(triplet_radial_two=bad), "bad.py")
+
+
 # --- the blocks of the parallel half-list pass -----------------------------------------------------------
 
 

@@ -456,6 +456,24 @@ def test_radial_tables_keep_each_triplet_force_within_the_tolerance_up_to_the_th
         assert abs(value) < 1e-15 and abs(slope) < 1e-15  # (1 − r²/r_3²)³: R, R', R'' → 0
 
 
+def test_legs_of_one_neighbour_share_a_grid_and_are_read_two_at_a_time(modules):
+    """The legs (k, j, ·) sit on one grid, so triplet_radial_two reads the legs o and o + 1 from one cell:
+    the numbers of two triplet_radial calls, bit for bit, inside the table, below it and beyond r_3."""
+    closed, tabulated = modules["manybody"]
+    grids = {}
+    for table in tabulated.RADIAL_TABLES:
+        k, j, _ = _leg_types(closed, table.name)
+        grids.setdefault((k, j), set()).add((table.inner_angstrom, table.outer_angstrom, table.cells))
+    assert len(grids) == 4 and all(len(grid) == 1 for grid in grids.values())
+    r3 = closed.THREEBODY_CUTOFF_ANGSTROM
+    r = np.concatenate([np.random.default_rng(2).uniform(0.2, r3, 500), [0.5, r3, 4.0]])
+    for k, j, o in np.ndindex(2, 2, 2):
+        for x in r:
+            want = tabulated.triplet_radial(k, j, o, x) + (
+                tabulated.triplet_radial(k, j, o + 1, x) if o == 0 else (0.0, 0.0))
+            assert tabulated.triplet_radial_two(k, j, o, x) == want
+
+
 def test_legs_without_a_law_get_no_table_and_answer_zero():
     """Stillinger–Weber legs exp(γ/(r − r_3)) of the H–O–H triplets only: one table; it follows the
     essential singularity to zero at r_3, and every other leg is zero everywhere."""
