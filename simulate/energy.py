@@ -72,6 +72,7 @@ from simulate.kernels import (
     has_separable_triplets,
     has_threebody,
     is_molecular,
+    two_legs,
 )
 from simulate.prefetch import prefetch
 from simulate.space import box_lengths
@@ -330,20 +331,10 @@ def centre_tasks(layer_start):
 def _radial_two(triplet_radial, triplet_radial_two, n_species):
     """The legs (k, j, o) and (k, j, o + 1) of a neighbour at once, as the moment pass reads them (inlined, see
     :func:`_inlined`): the kernel module's ``triplet_radial_two`` where it has one (a tabulated module's finds
-    the table cell once for both), else ``triplet_radial`` twice (the second (0, 0) where o + 1 = S)."""
+    the table cell once for both), else ``triplet_radial`` twice (:func:`simulate.kernels.two_legs`)."""
     if triplet_radial_two is not None:
         return _inlined(triplet_radial_two)
-    radial = _inlined(triplet_radial)
-
-    @numba.njit(inline="always")
-    def both(type_k, type_j, type_other, r):
-        a, da = radial(type_k, type_j, type_other, r)
-        b, db = 0.0, 0.0
-        if type_other + 1 < n_species:
-            b, db = radial(type_k, type_j, type_other + 1, r)
-        return a, da, b, db
-
-    return both
+    return two_legs(_inlined(triplet_radial), n_species)
 
 
 def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_energy_force=None, triplet_radial=None,
@@ -399,10 +390,11 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
         −Σ_j r_j ∂E/∂r_j. The neighbours are sorted by species first (a counting sort), so each moment
         is summed in registers over one run of neighbours, and each tensor is kept by its distinct
         components (10 numbers, not 13, for a quadratic in cos θ; see ``_SYMMETRIC_POWERS``). With
-        the radial tables' slopes read from quartics of their own (see simulate.tabulate; the legs of
-        a neighbour two at a time, ``triplet_radial_two``, see :func:`_radial_two`) and the energy left out where nobody reads it (``with_energy``: it is a sum apart from the forces,
-        so they stay the same bit for bit), the tabulated many-body step of 96 atoms took 19 % less
-        time than with one moment array updated per neighbour (73.5 → 59.5 µs, one thread).
+        the radial tables' slopes read from quartics of their own (see simulate.tabulate; a
+        neighbour's legs two at a time, see :func:`_radial_two`) and the energy left out where nobody
+        reads it (``with_energy``: it is a sum apart from the forces, so they stay the same bit for
+        bit), the tabulated many-body step of 96 atoms took 19 % less time than with one moment array
+        updated per neighbour (73.5 → 59.5 µs, one thread).
 
         Otherwise triplet by triplet: with unit vectors û_j = d_kj/r_kj, ∂cosθ/∂x_j = (û_l − cosθ û_j)/r_kj,
         so the gradient of w on j is (∂w/∂r_kj − ∂w/∂cosθ cosθ/r_kj) û_j + ∂w/∂cosθ/r_kj û_l, alike for

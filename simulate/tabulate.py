@@ -49,10 +49,11 @@ so ``triplet_radial_two`` finds the cell once for two legs (the forces-only pass
 many-body water took 2–3 % less time at 96 and 6,144 atoms, one thread).
 At and beyond r_3 the tabulated leg is exactly zero, and its last knot takes R, R' from below: the
 learned legs carry (1 − r²/r_3²)³ and Stillinger–Weber's exp(γ/(r − r_3)) vanishes with all its
-derivatives, so both go to zero continuously. A leg without a law (a zero polynomial row) answers
-(0, 0) from one zero cell. ``triplet_energy_gradient`` stays the closed form (the exports and the
-O(N³) reference use it), so the tabulated module meets the separable identity R·R·P = w to the
-tables' accuracy, not to rounding.
+derivatives, so both go to zero continuously. A leg without a law (a zero polynomial row) reads
+zeros in its group's cells, and, below them, its closed form (whose R multiplies nothing then); a
+group of such legs alone reads one zero cell, (0, 0) at every r. ``triplet_energy_gradient`` stays
+the closed form (the exports and the O(N³) reference use it), so the tabulated module meets the
+separable identity R·R·P = w to the tables' accuracy, not to rounding.
 
 **Cheap lookup.** One subtraction and multiply, a truncation, two Horner polynomials (the energy's
 quintic and, for a pair law in r² or a triplet leg, the force's or slope's quartic from a table of its
@@ -74,7 +75,13 @@ import numba
 import numpy as np
 
 from simulate.errors import MldError
-from simulate.kernels import check_kernel_module, has_separable_triplets, has_threebody, is_molecular
+from simulate.kernels import (
+    check_kernel_module,
+    has_separable_triplets,
+    has_threebody,
+    is_molecular,
+    two_legs,
+)
 from simulate.reference import compile_reference
 
 DEFAULT_FORCE_TOLERANCE_EV_PER_ANGSTROM = 1e-8  # largest |F_table − F_closed| of one pair, anywhere in a table
@@ -647,30 +654,29 @@ class _LegGrids(NamedTuple):
     """The legs' tables as the radial lookups close over them: the legs (k, j, ·) of one centre and
     neighbour type on one grid, group g = k·S + j, each cell's coefficients side by side by leg."""
 
-    inner: np.ndarray  # (S², ) first knot of group g, Å; inf where the closed form answers every leg
-    inverse_step: np.ndarray  # (S²,) cells per Å
+    inner: np.ndarray  # (S²,) first knot of group g, Å (below it the closed form answers)
+    inverse_step: np.ndarray  # (S²,) cells per Å (0 for a group of zero legs: its one cell of zeros)
     first_cell: np.ndarray  # (S²,) int64: the group's first row of ``cells``
     cells: np.ndarray  # (Σ cells + 1, 11, S + 1): [row, q, o] the quintic's c_q (q < 6) and the slope's
-    # quartic d_{q−6} of leg (k, j, o) (see _derivative_coefficients); o = S a zero leg, the o + 1 of o = S − 1
+    # quartic d_{q−6} of leg (k, j, o) (see _derivative_coefficients); o = S: a zero leg, the o + 1 of S − 1
 
 
 def _leg_grids(tables: dict[tuple[int, int, int], LawTable], n_species: int) -> _LegGrids:
     """:class:`_LegGrids` of ``tables``, whose legs of one (k, j) share their grid (see
-    :func:`_radial_tables`); a group with a leg that has no table (:data:`_NO_LAW` is one) answers by
-    the closed form."""
+    :func:`_radial_tables`). A leg without a table (:data:`_NO_LAW`, or zero on the whole scan) reads
+    zeros; a group of such legs alone, one cell of zeros at every r."""
     lanes = n_species + 1
-    inner = np.full(n_species**2, math.inf)
+    inner = np.zeros(n_species**2)
     inverse_step = np.zeros(n_species**2)
     first_cell = np.zeros(n_species**2, dtype=np.int64)
     blocks = []
     offset = 0
     for k, j in np.ndindex(n_species, n_species):
-        legs = [tables.get((k, j, o)) for o in range(n_species)]
-        if any(leg is None for leg in legs):
-            continue
+        legs = [tables.get((k, j, o), _NO_LAW) for o in range(n_species)]
         shaped = [leg for leg in legs if leg is not _NO_LAW]
+        g = k * n_species + j
         if not shaped:
-            continue  # every leg zero: inner stays inf and the closed form, zero, answers
+            continue  # reads the zero cell at the end
         grid = {(leg.inner_angstrom, leg.outer_angstrom, leg.cells) for leg in shaped}
         if len(grid) != 1:
             raise ValueError(f"legs {[leg.name for leg in shaped]} do not share one grid")
@@ -680,17 +686,17 @@ def _leg_grids(tables: dict[tuple[int, int, int], LawTable], n_species: int) -> 
             if leg is not _NO_LAW:
                 block[:, :6, o] = leg.coefficients[:, :6]
                 block[:, 6:, o] = leg.coefficients[:, 1:6] * np.arange(1.0, 6.0) * leg.inverse_step
-        g = k * n_species + j
         inner[g], inverse_step[g], first_cell[g] = lo, n_cells / (hi - lo), offset
         blocks.append(block)
         offset += n_cells + 1
     blocks.append(np.zeros((1, 11, lanes)))
+    first_cell[inverse_step == 0.0] = offset
     return _LegGrids(inner, inverse_step, first_cell, np.ascontiguousarray(np.concatenate(blocks)))
 
 
 @numba.njit(inline="always")
 def _leg(cells, row, other, s):
-    """(R, dR/dr) of leg ``other`` from row ``row`` of :class:`_LegGrids` cells, at s ∈ [0, 1) in the cell."""
+    """(R, dR/dr) of leg ``other`` from row ``row`` of :class:`_LegGrids` cells, at s ∈ [0, 1)."""
     value = cells[row, 5, other]
     for q in range(4, -1, -1):
         value = cells[row, q, other] + s * value
@@ -709,6 +715,7 @@ def _make_radial_kernels(closed_form, grids: _LegGrids, n_species: int, cutoff3:
     reads both from the same lines (the moment pass asks for every leg of a neighbour at once).
     """
     inner, inverse_step, first_cell, cells = grids
+    closed_two = two_legs(closed_form, n_species)
 
     @numba.njit
     def tabulated_triplet_radial(type_k, type_j, type_other, r):
@@ -728,11 +735,7 @@ def _make_radial_kernels(closed_form, grids: _LegGrids, n_species: int, cutoff3:
         group = type_k * n_species + type_j
         lo = inner[group]
         if r < lo:
-            a, da = closed_form(type_k, type_j, type_other, r)
-            b, db = 0.0, 0.0
-            if type_other + 1 < n_species:
-                b, db = closed_form(type_k, type_j, type_other + 1, r)
-            return a, da, b, db
+            return closed_two(type_k, type_j, type_other, r)
         row, s = _locate(first_cell[group], inverse_step[group], lo, r)
         a, da = _leg(cells, row, type_other, s)
         b, db = _leg(cells, row, type_other + 1, s)
@@ -756,8 +759,8 @@ def _laws(kernel_module: ModuleType) -> list[_Law]:
     return laws
 
 
-# a leg whose polynomial row is zero has no law (its R multiplies nothing): it reads this one zero cell
-# of zero step, (0, 0) at every r ≥ 0, and costs a lookup, not the closed form's call
+# a leg whose polynomial row is zero has no law (its R multiplies nothing): it reads zeros in its group's
+# cells (see _leg_grids), a lookup, not the closed form's call
 _NO_LAW = LawTable("no law", 0.0, math.inf, 1, np.zeros((2, COEFFICIENTS_PER_CELL)), 0.0, 0.0)
 
 
@@ -779,9 +782,11 @@ def _radial_tables(kernel_module: ModuleType, force_tolerance_ev_per_angstrom: f
     error δ moves it by at most δ · max|R_{k;o|j}| · Σ_n |p_n|: the leg's tolerance on |ΔR'| is the
     force tolerance over that weight, and a triplet's force is as close to the closed form as a
     pair's (on the learned water model's 2,401 CP2K frames, the largest |ΔF| of an atom from all its
-    triplets is then 2.0·10⁻⁸ eV/Å, from all its pairs 1.3·10⁻⁸). A leg with a zero polynomial row
-    has no law and gets :data:`_NO_LAW`; one whose triplets are zero on the whole scan (the leg or its
-    partner zero there) gets no table and keeps the closed form.
+    triplets is then 2.0·10⁻⁸ eV/Å, from all its pairs 1.3·10⁻⁸); a leg whose partner is zero on the
+    whole scan gets the force tolerance itself. A leg with a zero polynomial row has no law and gets
+    :data:`_NO_LAW`; one that is zero on the whole scan gets no table: both read zeros. The legs of one
+    (k, j) start at the highest first knot among them (below it every one of them answers by its
+    closed form) and have as many cells as the most demanding of them needs.
     """
     r3 = float(kernel_module.THREEBODY_CUTOFF_ANGSTROM)
     if not min_inner_angstrom < r3:
@@ -808,10 +813,8 @@ def _radial_tables(kernel_module: ModuleType, force_tolerance_ev_per_angstrom: f
     tolerance = {}
     for (k, j, o), (leg, inner, outer) in ranges.items():
         weight = largest.get((k, o, j), 0.0) * float(np.sum(np.abs(poly[k, j, o])))
-        if weight > 0.0:
-            tolerance[(k, j, o)] = force_tolerance_ev_per_angstrom / weight
-    # the legs (k, j, ·) on one grid (see _make_radial_kernels): from the highest first knot among them, with
-    # as many cells as the most demanding needs there (each table within its own tolerance still)
+        tolerance[(k, j, o)] = force_tolerance_ev_per_angstrom / (weight if weight > 0.0 else 1.0)
+    # the legs (k, j, ·) on one grid (see _make_radial_kernels), each table within its own tolerance still
     for k, j in np.ndindex(poly.shape[:2]):
         legs = [(k, j, o) for o in range(poly.shape[2]) if (k, j, o) in tolerance]
         inner = max((ranges[types][1] for types in legs), default=0.0)
@@ -850,9 +853,9 @@ def tabulate_kernel_module(
 
     ``pair_energy_force_r2`` (tables uniform in r², see the module notes) and ``pair_energy_force`` (the
     same at r² = r·r), ``intra_pair_energy_force`` (tables in r) and, for a separable three-body law,
-    ``triplet_radial`` and ``triplet_radial_two`` read the tables; ``energy_forces`` sums the pair tables and the source's
-    ``triplet_energy_gradient``, which, with every public constant of the source
-    (``TRIPLET_COS_POLYNOMIAL`` among them), is passed through. ``PAIR_TABLES`` and ``RADIAL_TABLES``
+    ``triplet_radial`` and ``triplet_radial_two`` read the tables; ``energy_forces`` sums the pair
+    tables and the source's ``triplet_energy_gradient``, which, with every public constant of the
+    source (``TRIPLET_COS_POLYNOMIAL`` among them), is passed through. ``PAIR_TABLES`` and ``RADIAL_TABLES``
     hold the :class:`LawTable` of every pair law and leg (range, cells, errors found; a leg's "force"
     and "energy" errors are those of R' and R) and ``SOURCE_KERNEL_MODULE`` the closed form. A leg's
     table stops, as a pair law's, where |R'| exceeds ``max_force_ev_per_angstrom`` (in R's units per Å).

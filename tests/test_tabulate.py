@@ -541,6 +541,62 @@ def test_tabulated_manybody_forces_match_the_closed_form_in_the_moment_loops(mod
         np.testing.assert_allclose(got.atom_loss_ev, want.atom_loss_ev, rtol=0, atol=1e-8)
 
 
+def test_moment_pass_reads_two_legs_at_once_as_it_reads_them_one_at_a_time(modules, frames):
+    """The moment pass takes a neighbour's legs from triplet_radial_two (one cell lookup for two legs);
+    without it, from triplet_radial twice: the same forces, energy and losses, bit for bit."""
+    _, tabulated = modules["manybody"]
+    one_at_a_time = ModuleType("one_leg_at_a_time")
+    for name in dir(tabulated):
+        if not name.startswith("__") and name != "triplet_radial_two":
+            setattr(one_at_a_time, name, getattr(tabulated, name))
+    types, box, positions = frames
+    two_fn = energy.make_force_fn(tabulated, types, box)
+    one_fn = energy.make_force_fn(one_at_a_time, types, box)
+    for x in positions[:3]:
+        two, one = two_fn(x, None)[1], one_fn(x, None)[1]
+        assert two.energy_ev == one.energy_ev
+        np.testing.assert_array_equal(two.forces_ev_per_angstrom, one.forces_ev_per_angstrom)
+        np.testing.assert_array_equal(two.atom_loss_ev, one.atom_loss_ev)
+
+
+def _one_species_separable():
+    """The separable example's law of its first species alone (S = 1: one leg per neighbour, the second of
+    triplet_radial_two the zero lane past the last species)."""
+    source = load_kernel_module(Path(__file__).resolve().parent / "kernel_examples" / "separable_triplet.py")
+    module = ModuleType("one_species_separable")
+    module.SPECIES, module.MASSES_AMU = source.SPECIES[:1], source.MASSES_AMU[:1]
+    module.CUTOFF_ANGSTROM, module.THREEBODY_CUTOFF_ANGSTROM = source.CUTOFF_ANGSTROM, source.THREEBODY_CUTOFF_ANGSTROM
+    module.pair_energy_force = source.pair_energy_force
+    module.triplet_radial, module.triplet_energy_gradient = source.triplet_radial, source.triplet_energy_gradient
+    module.TRIPLET_COS_POLYNOMIAL = (((source.TRIPLET_COS_POLYNOMIAL[0][0][0],),),)
+    module.energy_forces = compile_reference(
+        {"pair_energy_force": source.pair_energy_force, "CUTOFF_ANGSTROM": source.CUTOFF_ANGSTROM,
+         "triplet_energy_gradient": source.triplet_energy_gradient,
+         "THREEBODY_CUTOFF_ANGSTROM": source.THREEBODY_CUTOFF_ANGSTROM}, threebody=True)
+    check_kernel_module(module, "one species")
+    return module
+
+
+def test_a_one_species_law_reads_its_leg_and_the_zero_lane_past_it():
+    closed = _one_species_separable()
+    tabulated = tabulate.tabulate_kernel_module(closed)  # checks triplet_radial_two against triplet_radial
+    assert [t.name for t in tabulated.RADIAL_TABLES] == ["OO|O"]
+    for r in (0.3, 1.0, 2.5, closed.THREEBODY_CUTOFF_ANGSTROM):
+        value, slope, other, other_slope = tabulated.triplet_radial_two(0, 0, 0, r)
+        assert (other, other_slope) == (0.0, 0.0)
+        assert (value, slope) == pytest.approx(closed.triplet_radial(0, 0, 0, r), abs=1e-9)
+    # the oxygens of a CP2K frame, closer than r_3 = 3 Å in places: moment pass, tabulated, against the
+    # closed form's O(N³) reference
+    species, positions, box, _ = water32_frame()
+    oxygens = positions[np.asarray(species) == "O"]
+    types = np.zeros(len(oxygens), dtype=np.int64)
+    energy_ev, forces = closed.energy_forces(oxygens, types, box)[:2]
+    got = energy.make_force_fn(tabulated, types, box)(oxygens, None)[1]
+    assert got.energy_ev == pytest.approx(energy_ev, abs=1e-7)
+    assert np.abs(got.forces_ev_per_angstrom - forces).max() < 1e-7
+    assert np.abs(forces).max() > 0.1  # the triplets are there
+
+
 def test_moment_loop_forces_are_minus_the_gradient_of_its_energy_with_coarse_legs(modules, coarse_manybody, frames):
     types, box, positions = frames
     x = positions[3].copy()
