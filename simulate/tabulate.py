@@ -507,7 +507,7 @@ def tabulate_law(law, inner: float, outer: float, force_tolerance_ev_per_angstro
 class _Rows(NamedTuple):
     """Every table of one kernel, concatenated: what its compiled lookup closes over."""
 
-    row_of_types: np.ndarray  # int64, (S, S) for a pair law, (S, S, S) for a triplet leg: the row of the types
+    row_of_types: np.ndarray  # int64, (S, S): the row of a pair law's types
     inner: np.ndarray  # (rows,) first knot, Å (Å² for squared tables); inf for types without a table (the
     # closed form answers)
     outer: np.ndarray  # (rows,) last knot, Å or Å²
@@ -545,14 +545,19 @@ def _rows(tables: dict[tuple[int, ...], LawTable], shape: tuple[int, ...]) -> _R
                  np.array(first_cell, dtype=np.int64), np.ascontiguousarray(np.concatenate(blocks)), kinds.pop() if kinds else None)
 
 
+def _quartics(coefficients: np.ndarray, scale) -> np.ndarray:
+    """(rows, 5): d_q = scale (q + 1) c_{q+1}, q = 0…4, of each row of quintic ``coefficients`` (``scale`` one
+    number, or one per row): with scale = 1/h, the quintic's derivative in x as a quartic in σ."""
+    return coefficients[:, 1:6] * np.arange(1.0, 6.0) * np.reshape(scale, (-1, 1))
+
+
 def _derivative_coefficients(rows: _Rows, scale: float) -> np.ndarray:
     """(Σ cells + 1, COEFFICIENTS_PER_CELL): row k holds d_q = scale (q + 1) c_{q+1} / h, q = 0…4, of cell k
     (h the step of its law), so that ``scale`` times the derivative of cell k's quintic in x is the quartic
     Σ d_q σ^q: no multiplication by the orders or the step per lookup."""
     rows_per_table = np.diff(np.append(rows.first_cell, rows.coefficients.shape[0]))
-    per_cell = np.repeat(scale * rows.inverse_step, rows_per_table)
     out = np.zeros_like(rows.coefficients)
-    out[:, :5] = rows.coefficients[:, 1:6] * np.arange(1.0, 6.0) * per_cell[:, None]
+    out[:, :5] = _quartics(rows.coefficients, np.repeat(scale * rows.inverse_step, rows_per_table))
     return out
 
 
@@ -576,9 +581,8 @@ def _value_and_quartic(coefficients, derivative_coefficients, first_cell, invers
 
 
 def _by_types(rows: _Rows) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(S, inner, outer, inverse step, first cell), each indexed by the types themselves, flattened (i·S + j
-    for a pair, (k·S + j)·S + other for a leg), not through their row: one dependent load less before
-    the coefficients."""
+    """(S, inner, outer, inverse step, first cell), each indexed by the pair's types themselves, flattened
+    (i·S + j), not through their row: one dependent load less before the coefficients."""
     row = rows.row_of_types.ravel()
     return (rows.row_of_types.shape[0], np.ascontiguousarray(rows.inner[row]), np.ascontiguousarray(rows.outer[row]),
             np.ascontiguousarray(rows.inverse_step[row]), np.ascontiguousarray(rows.first_cell[row]))
@@ -674,7 +678,6 @@ def _leg_grids(tables: dict[tuple[int, int, int], LawTable], n_species: int) -> 
     for k, j in np.ndindex(n_species, n_species):
         legs = [tables.get((k, j, o), _NO_LAW) for o in range(n_species)]
         shaped = [leg for leg in legs if leg is not _NO_LAW]
-        g = k * n_species + j
         if not shaped:
             continue  # reads the zero cell at the end
         grid = {(leg.inner_angstrom, leg.outer_angstrom, leg.cells) for leg in shaped}
@@ -685,7 +688,8 @@ def _leg_grids(tables: dict[tuple[int, int, int], LawTable], n_species: int) -> 
         for o, leg in enumerate(legs):
             if leg is not _NO_LAW:
                 block[:, :6, o] = leg.coefficients[:, :6]
-                block[:, 6:, o] = leg.coefficients[:, 1:6] * np.arange(1.0, 6.0) * leg.inverse_step
+                block[:, 6:, o] = _quartics(leg.coefficients, leg.inverse_step)
+        g = k * n_species + j
         inner[g], inverse_step[g], first_cell[g] = lo, n_cells / (hi - lo), offset
         blocks.append(block)
         offset += n_cells + 1
@@ -708,7 +712,7 @@ def _leg(cells, row, other, s):
 
 def _make_radial_kernels(closed_form, grids: _LegGrids, n_species: int, cutoff3: float):
     """(``triplet_radial``, ``triplet_radial_two``) of the contract: each leg's table on [inner, r_3), the
-    closed form below inner (and for a group without tables), exactly zero at and beyond r_3.
+    closed form below inner, exactly zero at and beyond r_3.
 
     The legs (k, j, o) of a centre k and neighbour j share one grid and each cell holds their
     coefficients side by side, so ``triplet_radial_two`` finds the cell once for legs o and o + 1 and
