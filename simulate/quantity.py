@@ -13,9 +13,11 @@ from simulate.units import (
     EV_PER_ANGSTROM3_TO_BAR,
     kinetic_energy_ev,
     temperature_k,
+    temperature_of_kinetic_k,
 )
 
-__all__ = ["degrees_of_freedom", "kinetic_energy_ev", "pressure_bar", "temperature_k", "total_momentum"]
+__all__ = ["degrees_of_freedom", "kinetic_energy_ev", "pressure_bar", "temperature_k", "temperature_of_kinetic_k",
+           "total_momentum"]
 
 
 def degrees_of_freedom(n_atoms: int) -> int:

@@ -80,9 +80,12 @@ def temperature_k(
     By default n_dof = 3N − 3 (centre-of-mass motion removed), which is what
     CP2K uses for its ``Temp[K]`` column; works on one frame (N,3) or many (F,N,3).
     """
-    n_atoms = velocities_angstrom_per_fs.shape[-2]
+    return temperature_of_kinetic_k(kinetic_energy_ev(velocities_angstrom_per_fs, masses),
+                                    velocities_angstrom_per_fs.shape[-2], degrees_of_freedom)
+
+
+def temperature_of_kinetic_k(kinetic_ev, n_atoms: int, degrees_of_freedom: int | None = None):
+    """2 K / (n_dof k_B) of a kinetic energy K (eV) of ``n_atoms`` atoms, n_dof as in :func:`temperature_k`."""
     if degrees_of_freedom is None:
         degrees_of_freedom = 3 * n_atoms - 3
-    return 2.0 * kinetic_energy_ev(velocities_angstrom_per_fs, masses) / (
-        degrees_of_freedom * BOLTZMANN_EV_PER_K
-    )
+    return 2.0 * kinetic_ev / (degrees_of_freedom * BOLTZMANN_EV_PER_K)
