@@ -87,7 +87,9 @@ LEARNED_REPLICAS = (1, 4, 8, 10, 11)  # the learned many-body model on a few siz
 # range (3,000 to 100,000 atoms), 2,592 below it and 127,776 above
 LEARNED_PAIRWISE_REPLICAS = (1, 3, 4, 6, 8, 10, 11)
 # steps per compiled block: mld simulate's default trajectory interval (a block runs from one frame to the
-# next), recording a thermo row, with its energy pass, every THERMO_EVERY steps (its default thermo interval)
+# next where that takes under simulate.md.BLOCK_S, 0.25 s: up to ~2.5 ms a step, some 10,000 atoms here;
+# bigger boxes run shorter blocks, whose return to Python is then a negligible share of a step), recording a
+# thermo row, with its energy pass, every THERMO_EVERY steps (its default thermo interval)
 BLOCK_STEPS = 100
 THERMO_EVERY = 10
 # mld steps every box as `mld simulate` steps a production run this long: the blocks then take their
@@ -458,8 +460,9 @@ def markdown(rows: list[dict], compared: list[dict], cp2k: dict | None, meta: di
          f"steps, for bigger boxes: column steps), skin {SKIN_ANGSTROM} Å, list rebuilt "
          "when an atom has moved half the skin. mld runs the kernel module (Numba threads = cores) in compiled blocks "
          f"of {meta['block_steps']} steps with a thermo row every {meta['thermo_every']}, as `mld simulate` does "
-         "between trajectory frames in a production run (10⁶ steps planned: energies only on thermo steps, at every "
-         "size; the rows' and frames' formatting left out); LAMMPS runs its "
+         "between trajectory frames in a production run (below ~10,000 atoms; bigger boxes there run blocks of about "
+         "0.25 s. 10⁶ steps planned: energies only on thermo steps, at every size; the rows' and frames' formatting "
+         "left out); LAMMPS runs its "
          "`pair_style table linear 20000` export (MPI ranks = cores). Best of the repeats (all kept in the JSON); "
          "runs interleaved. Ratio = mld time / LAMMPS time (below 1: mld faster)."),
         "",

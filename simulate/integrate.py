@@ -430,13 +430,14 @@ def _make_block(forces_of, forces_between, build, kick_drift_loop, kick_checked_
     list's displacement test are one sweep (``kick_drift_loop``), and so are the second kick and the checks
     of :mod:`simulate.md` (``kick_checked_loop``). The list is checked and rebuilt as
     :func:`simulate.partition.update` does, at the same width or wider, into the rows of a list nothing
-    holds where there is one (``spare_rows``, see :func:`_spare_rows`). Steps before the
-    last take their forces from ``forces_between``: the forces-only variant of ``forces_of`` (the same
-    forces bit for bit, without the energies, per-atom losses and virials nobody reads between
-    outputs), or ``forces_of`` itself for a small system, where compiling the variant would cost more
-    than it saves. The last step, and the last good one of a block that stops early, call
+    holds where there is one (``spare_rows``, see :func:`_spare_rows`). Steps other than the
+    last and the thermo steps (``thermo_every``, counted from ``first_step``: see :class:`ThermoRecord`,
+    whose rows go to ``thermo_rows``) take their forces from ``forces_between``: the forces-only variant of
+    ``forces_of`` (the same forces bit for bit, without the energies, per-atom losses and virials nobody
+    reads between outputs), or ``forces_of`` itself for a small system, where compiling the variant would
+    cost more than it saves. The last step, and the last good one of a block that stops early, call
     ``forces_of``, so the state returned is complete. A non-finite energy with finite forces is
-    therefore caught at the last step only (``step`` then takes it and reports it).
+    therefore caught at a thermo step or the last step only (``step`` then takes it and reports it).
     """
 
     @numba.njit
@@ -515,9 +516,9 @@ def _make_block(forces_of, forces_between, build, kick_drift_loop, kick_checked_
                 stop = _STOP_UNHEALTHY
                 break
             positions, velocities, forces = x, v_new, f_new
-            if last:
+            if last or record:
                 loss, nearest, energy_ev, virial_ev = out[1], out[3], out[4], out[5]
-            complete = last
+            complete = last or record
             neighbors, counts, image, wrap, order, layer_start, reference = nb, cn, im, wr, od, ls, ref
             own_list = own_list or rebuilt
             xi, v_xi = xi_new, v_xi_new
@@ -614,12 +615,12 @@ def _run_block(force_fn, state, n_steps: int, dt_fs: float, max_force: float, mi
     the steps done in ``thermo.rows``."""
     thermo = _NO_THERMO if thermo is None else thermo
     rows = thermo.rows
+    needed = thermo_rows_between(thermo.first_step, n_steps, thermo.every)
     if (rows.dtype != np.float64 or rows.ndim != 2 or rows.shape[1] != THERMO_RECORD_COLUMNS
-            or not rows.flags.c_contiguous or not rows.flags.writeable
-            or rows.shape[0] < thermo_rows_between(thermo.first_step, n_steps, thermo.every)):
-        raise ValueError(f"thermo rows: need a writeable C-contiguous float array ({thermo_rows_between(thermo.first_step, n_steps, thermo.every)}, "
-                         f"{THERMO_RECORD_COLUMNS}) for the steps {thermo.first_step + 1} to "
-                         f"{thermo.first_step + n_steps}, every {thermo.every}, not {rows.dtype} {rows.shape}")
+            or not rows.flags.c_contiguous or not rows.flags.writeable or rows.shape[0] < needed):
+        raise ValueError(f"thermo rows: need a writeable C-contiguous float array ({needed}, {THERMO_RECORD_COLUMNS}) "
+                         f"for the steps {thermo.first_step + 1} to {thermo.first_step + n_steps}, every "
+                         f"{thermo.every}, not {rows.dtype} {rows.shape}")
     nl = state.neighbors
     if n_steps <= 0 or not nl.half or nl.skin_angstrom != force_fn.skin_angstrom:
         return state, 0, 0  # step() first puts the list right

@@ -326,7 +326,8 @@ def simulate(
     given ones keep their values less the centre-of-mass motion. With ``resume`` and a checkpoint
     in ``out_dir`` the run continues from it up to step ``steps`` (the starting frame is then not
     used) and its files end exactly as an unbroken run's would. ``progress(step, steps,
-    elapsed_s)`` is called after every thermo row.
+    elapsed_s)`` is called with the step of the latest thermo row: after each compiled block that wrote
+    one (some ``BLOCK_S`` apart), or after every row of the plain steps.
     """
     out_dir = Path(out_dir)
     species = np.asarray(species).astype(str)
@@ -389,17 +390,21 @@ def simulate(
     # records the log's length), once THERMO_FLUSH_S has passed, and at the end however the run stops.
     # One write per row, the file opened each time, cost a 96-atom run (learned pairwise water,
     # tabulated) 1.7 µs per step at a row every 10 steps, against 0.25 µs now: 6 % of its step.
-    pending_rows: list[str] = []
+    # Each row waits with its step: a checkpoint writes the rows up to its own step and drops any after
+    # it (rows of a block whose state the run did not take, if Ctrl-C came in between), so a resumed log
+    # neither repeats nor misses a row.
+    pending_rows: list[tuple[int, str]] = []
     last_flush = [time.perf_counter()]
 
-    def flush_thermo():
-        if pending_rows:
-            trajectory.append_text(thermo_path, "".join(pending_rows))
-            pending_rows.clear()
+    def flush_thermo(up_to_step=None):
+        lines = [line for row_step, line in pending_rows if up_to_step is None or row_step <= up_to_step]
+        if lines:
+            trajectory.append_text(thermo_path, "".join(lines))
+        pending_rows.clear()
         last_flush[0] = time.perf_counter()
 
     def checkpoint(at_step, at_state):
-        flush_thermo()
+        flush_thermo(at_step)
         write_checkpoint(checkpoint_path, at_step, at_state, settings, trajectory.file_size(thermo_path),
                          trajectory.file_size(trajectory_path), molecules)
 
@@ -419,7 +424,7 @@ def simulate(
 
     def write_outputs(at_step, at_state, thermo_done=False):
         if at_step % thermo_every == 0 and not thermo_done:
-            pending_rows.append(_thermo_row(at_step, dt_fs, at_state, integrator, box))
+            pending_rows.append((at_step, _thermo_row(at_step, dt_fs, at_state, integrator, box)))
             rows_written(at_step)
         if at_step % trajectory_every == 0:
             flush_thermo()
@@ -449,16 +454,18 @@ def simulate(
                     np.empty((integrate.thermo_rows_between(step, target - step, thermo_every),
                               integrate.THERMO_RECORD_COLUMNS)))
                 block_started = time.perf_counter()
-                state, done, block_builds = integrator.run(state, target - step, max_force_ev_per_angstrom,
-                                                           min_distance_angstrom, planned_steps=steps, thermo=thermo)
+                new_state, done, block_builds = integrator.run(state, target - step, max_force_ev_per_angstrom,
+                                                               min_distance_angstrom, planned_steps=steps,
+                                                               thermo=thermo)
                 per_step_s = (time.perf_counter() - block_started) / max(done, 1)
                 if done and per_step_s > 0:
                     block_steps = max(thermo_every, min(int(BLOCK_S / per_step_s), steps))
                 first_row = step // thermo_every + 1
-                for r in range(integrate.thermo_rows_between(step, done, thermo_every)):
-                    pending_rows.append(_thermo_line((first_row + r) * thermo_every, dt_fs, thermo.rows[r], box,
-                                                     len(species)))
-                step += done
+                pending_rows.extend(
+                    ((first_row + r) * thermo_every,
+                     _thermo_line((first_row + r) * thermo_every, dt_fs, thermo.rows[r], box, len(species)))
+                    for r in range(integrate.thermo_rows_between(step, done, thermo_every)))
+                state, step = new_state, step + done  # together, no call between: Ctrl-C finds both old or both new
                 builds += block_builds
                 if step >= first_row * thermo_every:
                     rows_written(step - step % thermo_every)
@@ -483,8 +490,14 @@ def simulate(
     except KeyboardInterrupt:
         checkpoint(step, state)  # an interrupted run can be resumed
         raise
-    finally:
-        flush_thermo()  # the rows of the steps done, whatever stopped the run
+    except Exception:
+        # the rows of the steps done, whatever else stopped the run (a blow-up has written them with its
+        # checkpoint); a log that cannot be written must not hide why the run stopped
+        try:
+            flush_thermo(step)
+        except OSError:
+            pass
+        raise
     wall_s = time.perf_counter() - started
     checkpoint(step, state)
     return RunResult(

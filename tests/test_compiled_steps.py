@@ -28,8 +28,9 @@ def manybody(tmp_path_factory):
     return generated_kernels(manybody_water_model(), tmp_path_factory.mktemp("manybody"))
 
 
-def stepwise(kernel, species, positions, box, velocities, thermostat, steps, dt_fs, skin):
-    """The final state and list-build count of ``steps`` plain ``step`` calls, from md.simulate's start."""
+def stepwise(kernel, species, positions, box, velocities, thermostat, steps, dt_fs, skin, thermo_every=0, rows=None):
+    """The final state and list-build count of ``steps`` plain ``step`` calls, from md.simulate's start; with
+    ``thermo_every``, the thermo log's rows md writes from those states appended to ``rows``."""
     types = md.atom_types(kernel, species)
     masses = np.asarray(kernel.MASSES_AMU)[types]
     molecules = None
@@ -39,12 +40,21 @@ def stepwise(kernel, species, positions, box, velocities, thermostat, steps, dt_
     force_fn = energy.make_force_fn(kernel, types, box, skin, molecules)
     integrator = md.make_integrator(force_fn, thermostat, dt_fs, 300.0, 100.0, 0.01, 0)
     state = integrator.init(positions, setup.remove_com_momentum(velocities, masses), masses)
+    if thermo_every:
+        rows.append(md._thermo_row(0, dt_fs, state, integrator, box))
     builds = 0
-    for _ in range(steps):
+    for k in range(1, steps + 1):
         new = integrator.step(state)
         builds += new.neighbors is not state.neighbors
         state = new
+        if thermo_every and k % thermo_every == 0:
+            rows.append(md._thermo_row(k, dt_fs, state, integrator, box))
     return state, builds
+
+
+def assert_same_log(out_dir, rows):
+    """The thermo log of a run in ``out_dir`` is, byte for byte, ``rows`` under its header."""
+    assert (out_dir / "thermo.csv").read_text().splitlines(keepends=True)[1:] == rows
 
 
 def assert_same_state(a, b):
@@ -88,9 +98,11 @@ def test_thermo_rows_recorded_inside_blocks_are_those_of_the_stepwise_states(tmp
                                                                              block_s):
     # blocks run up to the next frame (every 25 steps) and record the thermo rows on the way (integrate.
     # ThermoRecord): with md.BLOCK_S 0, blocks of thermo_every (7) steps, so rows fall inside blocks and at
-    # their ends; with 10 s, blocks from frame to frame. The log must be, byte for byte, the rows md
-    # writes from the stepwise states.
+    # their ends; with 10 s, blocks from frame to frame. The steps between rows take the forces-only pass
+    # (the run is planned long enough), the rows' steps the full one. The log must be, byte for byte, the
+    # rows md writes from the stepwise states.
     monkeypatch.setattr(md, "BLOCK_S", block_s)
+    monkeypatch.setattr(integrate, "FORCES_ONLY_MIN_ATOM_STEPS", 108 * 150)
     kernel = load_kernel_module(EXAMPLES / "lj_argon.py")
     species, positions, box = argon_fcc(3)
     masses = np.full(len(species), kernel.MASSES_AMU[0])
@@ -108,17 +120,11 @@ def test_thermo_rows_recorded_inside_blocks_are_those_of_the_stepwise_states(tmp
                 temperature_k=300.0, out_dir=tmp_path, skin_angstrom=skin, thermo_every=every,
                 trajectory_every=25, checkpoint_every=1000)
     assert max(lengths) == (every if block_s == 0.0 else 25)
-    types = md.atom_types(kernel, species)
-    force_fn = energy.make_force_fn(kernel, types, box, skin)
-    integrator = md.make_integrator(force_fn, thermostat, dt, 300.0, 100.0, 0.01, 0)
-    state = integrator.init(positions, setup.remove_com_momentum(velocities, masses), masses)
-    rows = [md._thermo_row(0, dt, state, integrator, box)]
-    for k in range(1, steps + 1):
-        state = integrator.step(state)
-        if k % every == 0:
-            rows.append(md._thermo_row(k, dt, state, integrator, box))
-    logged = (tmp_path / "thermo.csv").read_text().splitlines(keepends=True)
-    assert logged[1:] == rows
+    assert energy.force_loops(kernel).half_forces_only[0].signatures  # the forces-only variant ran
+    rows = []
+    stepwise(kernel, species, positions, box, velocities, thermostat, steps, dt, skin, every, rows)
+    assert len(rows) == steps // every + 1
+    assert_same_log(tmp_path, rows)
 
 
 @pytest.mark.parametrize("cells", [5, 6])  # 500 and 864 atoms: cell lists (a small box's list lists nothing)
@@ -161,9 +167,11 @@ def test_blocks_with_forces_only_steps_are_bit_for_bit_the_stepwise_integrator(t
     species, positions, box, velocities = water32_frame()
     result = md.simulate(kernel, species, positions, box, velocities, steps=60, dt_fs=0.5, thermostat="nve",
                          out_dir=tmp_path, thermo_every=13, trajectory_every=1000, checkpoint_every=1000)
-    state, builds = stepwise(kernel, species, positions, box, velocities, "nve", 60, 0.5, 1.0)
+    rows = []
+    state, builds = stepwise(kernel, species, positions, box, velocities, "nve", 60, 0.5, 1.0, 13, rows)
     assert builds == result.neighbor_builds == 0  # a small box: every pair, no list (rebuilds: the three-body test)
     assert_same_state(result.state, state)
+    assert_same_log(tmp_path, rows)
     assert energy.force_loops(kernel).half_forces_only[0].signatures  # the forces-only variant ran
 
 
@@ -202,10 +210,12 @@ def test_compiled_run_of_a_three_body_model_is_bit_for_bit_the_stepwise_integrat
     velocities = np.tile(velocities, (8, 1))
     result = md.simulate(manybody, species, positions, box, velocities, steps=120, dt_fs=0.5, thermostat="nve",
                          out_dir=tmp_path, thermo_every=9, trajectory_every=1000, checkpoint_every=1000)
-    state, builds = stepwise(manybody, species, positions, box, velocities, "nve", 120, 0.5, 1.0)
+    rows = []
+    state, builds = stepwise(manybody, species, positions, box, velocities, "nve", 120, 0.5, 1.0, 9, rows)
     assert result.state.neighbors.cells_per_side == (3, 3, 3)
     assert builds == result.neighbor_builds > 0
     assert_same_state(result.state, state)
+    assert_same_log(tmp_path, rows)
 
 
 def each_thread_count():
