@@ -75,6 +75,7 @@ from simulate.kernels import (
     two_legs,
 )
 from simulate.prefetch import prefetch
+from simulate.simd import COMPRESS_LANES, NATIVE_COMPRESS, compress_below
 from simulate.space import box_lengths
 
 
@@ -108,6 +109,9 @@ PHASED_MIN_LAYERS = 6
 # atoms (plain loops below it: a parallel loop wakes the sleeping threads, see simulate.partition). The two
 # sweeps took some 1.2 ms of a 10 ms forces-only pass of 96,000 atoms on two threads.
 SWEEP_PARALLEL_MIN_ATOMS = 40_000
+# whether a small box's pair pass keeps its pairs by vector compression (see simulate.simd); loops made
+# later read it, which a test uses to compare both ways
+COMPRESS_ALL_PAIRS = NATIVE_COMPRESS
 
 
 @numba.njit(cache=True)
@@ -367,6 +371,7 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
         cos_polynomial if with_moments else np.zeros((1, 1, 1, 1)))
     radial_two = _radial_two(triplet_radial if with_moments else _no_radial, triplet_radial_two, n_species)
     with_bonds = intra_pair_energy_force is not None
+    compress = COMPRESS_ALL_PAIRS  # a compile-time constant of the loops (see simulate.simd)
     bonded = topology.make_bonded_loop(intra_pair_energy_force if with_bonds else _no_pair, pair_energy_force)
 
     @numba.njit(inline="always")
@@ -753,7 +758,8 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                 for b in prange(per_phase):
                     block = 2 * b + phase
                     near_j = np.empty(width, dtype=np.uint32)  # scratch rows, one per block
-                    near_d = np.empty((width, 4))
+                    near_d = np.empty((4, width))  # the kept pairs' dx, dy, dz, r², a row each
+                    near_x, near_y, near_z, near_r = near_d[0], near_d[1], near_d[2], near_d[3]
                     first = block_start[block]
                     last = block_start[block + 1]
                     # every pair of row p: writes to p and to its row's atoms only. Two passes: the first
@@ -775,7 +781,9 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                         if all_pairs:
                             # the displacements to every later atom, in a loop the compiler vectorises
                             # (unsigned indices: no wrap-around of negative ones, see below), then the
-                            # atoms within reach, then their displacements
+                            # atoms within reach with their displacements: eight at a time by vector
+                            # compression where the CPU has it (see simulate.simd; the pair pass of the
+                            # 96-atom learned pairwise water took ~2 µs less), the rest one by one
                             for q in range(n - p - 1):
                                 j = np.uint32(p + 1 + q)
                                 dx = xi - xs[j]
@@ -788,16 +796,23 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                                 by[j] = dy
                                 bz[j] = dz
                                 br[j] = dx * dx + dy * dy + dz * dz
-                            for q in range(n - p - 1):
-                                j = np.uint32(p + 1 + q)
+                            rest = p + 1
+                            if compress:
+                                while rest + COMPRESS_LANES <= n:
+                                    m = compress_below(br, bx, by, bz, rest, reach2, near_r, near_x, near_y,
+                                                       near_z, near_j, m)
+                                    rest += COMPRESS_LANES
+                            tail = m
+                            for q in range(n - rest):
+                                j = np.uint32(rest + q)
                                 near_j[m] = j
                                 m += br[j] < reach2
-                            for slot in range(m):
+                            for slot in range(tail, m):
                                 j = near_j[slot]
-                                near_d[slot, 0] = bx[j]
-                                near_d[slot, 1] = by[j]
-                                near_d[slot, 2] = bz[j]
-                                near_d[slot, 3] = br[j]
+                                near_x[slot] = bx[j]
+                                near_y[slot] = by[j]
+                                near_z[slot] = bz[j]
+                                near_r[slot] = br[j]
                         else:
                             # the row a few ahead on its way into the cache (see simulate.prefetch): the
                             # lines of its first 33–48 entries (rows are not aligned to lines; a row holds
@@ -817,10 +832,10 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                                 dz = zi - cell_positions[j, 2] - shifts[c, 2]
                                 r2 = dx * dx + dy * dy + dz * dz
                                 near_j[m] = j
-                                near_d[m, 0] = dx
-                                near_d[m, 1] = dy
-                                near_d[m, 2] = dz
-                                near_d[m, 3] = r2
+                                near_x[m] = dx
+                                near_y[m] = dy
+                                near_z[m] = dz
+                                near_r[m] = r2
                                 m += r2 < reach2
                         fx = 0.0
                         fy = 0.0
@@ -830,7 +845,7 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                         near = r2min[p] if with_energy else np.inf
                         for slot in range(m):
                             j = near_j[slot]
-                            dx, dy, dz, r2 = near_d[slot, 0], near_d[slot, 1], near_d[slot, 2], near_d[slot, 3]
+                            dx, dy, dz, r2 = near_x[slot], near_y[slot], near_z[slot], near_r[slot]
                             if with_triplets:
                                 if r2 < r32:
                                     # the pair into both short rows, each with the unit vector from its atom

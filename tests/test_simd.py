@@ -1,0 +1,78 @@
+"""Vector compression (simulate.simd) keeps the pairs a plain loop keeps, in the same order, bit for bit."""
+
+from pathlib import Path
+
+import numba
+import numpy as np
+import pytest
+
+from simulate import energy, md, partition, simd, tabulate
+from simulate.kernels import load_kernel_module
+from tests.export_support import generated_kernels, manybody_water_model
+from tests.kernel_examples.starting_frames import water32_frame
+
+EXAMPLES = Path(__file__).parent / "kernel_examples"
+
+
+@numba.njit
+def _compress_all(keys, xs, ys, zs, threshold):
+    """Every whole group of eight from the start through compress_below, as the pair pass calls it."""
+    n = keys.shape[0]
+    out = np.full((4, n), -1.0)
+    index = np.zeros(n, dtype=np.uint32)
+    m = 0
+    start = 0
+    while start + simd.COMPRESS_LANES <= n:
+        m = simd.compress_below(keys, xs, ys, zs, start, threshold, out[0], out[1], out[2], out[3], index, m)
+        start += simd.COMPRESS_LANES
+    return m, start, out, index
+
+
+@pytest.mark.parametrize("kept", ["some", "none", "all", "nan"])
+def test_compression_keeps_the_entries_below_the_threshold_in_order(kept):
+    rng = np.random.default_rng(3)
+    n = 8 * 7 + 5  # whole groups and a rest the caller handles
+    keys = rng.uniform(0.0, 2.0, n)
+    if kept == "none":
+        keys += 2.0
+    elif kept == "all":
+        keys -= 2.0
+    elif kept == "nan":
+        keys[::3] = np.nan  # never below anything
+    xs, ys, zs = rng.normal(size=(3, n))
+    m, start, out, index = _compress_all(keys, xs, ys, zs, 1.0)
+    assert start == n - 5
+    expected = np.flatnonzero(keys[:start] < 1.0)
+    assert m == len(expected) == {"none": 0, "all": start}.get(kept, m)
+    assert np.array_equal(index[:m], expected)
+    for row, source in zip(out, (keys, xs, ys, zs)):
+        assert np.array_equal(row[:m], source[expected])
+    assert np.all(out[:, m:] == -1.0)  # nothing past the kept ones
+
+
+def _forces_both_ways(kernel, monkeypatch):
+    """The force pass's outputs on the 96-atom water box with and without vector compression."""
+    species, positions, box, _ = water32_frame()
+    types = md.atom_types(kernel, species)
+    nl = partition.neighbor_list(positions, box, energy.interaction_cutoff_angstrom(kernel), 1.0, half=True)
+    assert partition.lists_every_pair(nl)  # the small box's path, the one that compresses
+    outputs = []
+    for compress in (False, True):
+        monkeypatch.setattr(energy, "COMPRESS_ALL_PAIRS", compress)
+        monkeypatch.setattr(energy, "_LOOPS", {})  # loops made anew, with the setting
+        outputs.append(energy.compute_forces(kernel, positions, types, nl))
+    return outputs
+
+
+@pytest.mark.parametrize("model", ["morse_tabulated", "manybody"])
+def test_the_pair_pass_with_compression_is_bit_for_bit_the_plain_one(model, monkeypatch, tmp_path):
+    if model == "manybody":
+        kernel = generated_kernels(manybody_water_model(), tmp_path)
+    else:
+        kernel = tabulate.tabulate_kernel_module(load_kernel_module(EXAMPLES / "morse_water.py"))
+    plain, compressed = _forces_both_ways(kernel, monkeypatch)
+    assert np.array_equal(plain.forces_ev_per_angstrom, compressed.forces_ev_per_angstrom)
+    assert np.array_equal(plain.atom_loss_ev, compressed.atom_loss_ev)
+    assert np.array_equal(plain.nearest_angstrom, compressed.nearest_angstrom)
+    assert plain.energy_ev == compressed.energy_ev and plain.virial_ev == compressed.virial_ev
+    assert np.abs(plain.forces_ev_per_angstrom).max() > 0.1  # real forces, not zeros on both sides
