@@ -783,7 +783,7 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                             # (unsigned indices: no wrap-around of negative ones, see below), then the
                             # atoms within reach with their displacements: eight at a time by vector
                             # compression where the CPU has it (see simulate.simd; the pair pass of the
-                            # 96-atom learned pairwise water took ~2 µs less), the rest one by one
+                            # 96-atom learned pairwise water took ~1.5 µs less), the rest one by one
                             for q in range(n - p - 1):
                                 j = np.uint32(p + 1 + q)
                                 dx = xi - xs[j]

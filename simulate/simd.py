@@ -9,7 +9,8 @@ time; the pairs come out in the same order, so the forces are the same bit for b
 
 ``NATIVE_COMPRESS`` says whether the code Numba compiles here has the instruction. Without it LLVM
 would split the intrinsic into a branch per lane (mispredicted at random), so the passes then keep
-their plain loop.
+their plain loop; so they do on AMD's Zen 4 and 5, which run the instruction's memory form as microcode
+(llvm/llvm-project#133568).
 """
 
 from __future__ import annotations
@@ -18,23 +19,28 @@ import llvmlite.binding
 import numba
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
+from numba.core import cgutils, codegen
 from numba.extending import intrinsic
 
 COMPRESS_LANES = 8  # doubles in one 512-bit vector
 
 
-def _targets_avx512() -> bool:
-    """Whether Numba compiles for a CPU with AVX-512F (its own CPU settings, else this machine's)."""
-    features = numba.config.CPU_FEATURES
-    if features:
-        return "+avx512f" in features.split(",")
-    if numba.config.CPU_NAME not in (None, "", "host"):
+def targets_vector_compression() -> bool:
+    """Whether Numba compiles for a CPU with AVX-512F whose compression into memory is not microcode: Numba's
+    own CPU settings (``NUMBA_CPU_NAME``, ``NUMBA_CPU_FEATURES``), else this machine's as Numba sees them
+    (``NUMBA_ENABLE_AVX=0`` turns AVX off)."""
+    name, features = numba.config.CPU_NAME, numba.config.CPU_FEATURES
+    if name in (None, "", "host"):
+        name = llvmlite.binding.get_host_cpu_name()
+        if features is None:
+            features = codegen.get_host_cpu_features()
+    if not features or "+avx512f" not in features.split(","):
         return False
-    return bool(llvmlite.binding.get_host_cpu_features().get("avx512f", False))
+    return not name.startswith("znver")
 
 
-NATIVE_COMPRESS = _targets_avx512()
+NATIVE_COMPRESS = targets_vector_compression()
+
 
 
 @intrinsic
@@ -45,16 +51,17 @@ def compress_below(typingctx, keys, xs, ys, zs, start, threshold, out_keys, out_
     their number. The caller keeps every index in bounds: ``start`` + 8 ≤ len(keys), and eight free slots
     from ``slot`` in each output.
     """
-    arrays = (keys, xs, ys, zs, out_keys, out_x, out_y, out_z)
-    if not all(isinstance(a, types.Array) and a.dtype == types.float64 and a.ndim == 1 for a in arrays):
-        return None
-    if not (isinstance(out_index, types.Array) and out_index.dtype == types.uint32 and out_index.ndim == 1):
+    def contiguous(a, dtype):
+        return isinstance(a, types.Array) and a.dtype == dtype and a.ndim == 1 and a.layout == "C"
+
+    if not (all(contiguous(a, types.float64) for a in (keys, xs, ys, zs, out_keys, out_x, out_y, out_z))
+            and contiguous(out_index, types.uint32)):
         return None
     signature = types.intp(keys, xs, ys, zs, types.intp, types.float64, out_keys, out_x, out_y, out_z, out_index,
                            types.intp)
 
     def codegen(context, builder, sig, args):
-        f64, i32, i64 = ir.DoubleType(), ir.IntType(32), ir.IntType(64)
+        f64, i32, intp = ir.DoubleType(), ir.IntType(32), context.get_value_type(types.intp)
         lanes = COMPRESS_LANES
         vector, indices, mask_type = ir.VectorType(f64, lanes), ir.VectorType(i32, lanes), ir.VectorType(ir.IntType(1), lanes)
         start_, threshold_, slot_ = args[4], args[5], args[11]
@@ -89,6 +96,6 @@ def compress_below(typingctx, keys, xs, ys, zs, start, threshold, out_keys, out_
         index_lanes = builder.add(splat(first, indices), ir.Constant(indices, list(range(lanes))))
         builder.call(store_indices, [index_lanes, cgutils.gep(builder, data(10), slot_), keep])
         kept = builder.call(count_bits, [builder.bitcast(keep, ir.IntType(lanes))])
-        return builder.add(slot_, builder.zext(kept, i64))
+        return builder.add(slot_, builder.zext(kept, intp))
 
     return signature, codegen

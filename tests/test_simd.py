@@ -15,13 +15,13 @@ EXAMPLES = Path(__file__).parent / "kernel_examples"
 
 
 @numba.njit
-def _compress_all(keys, xs, ys, zs, threshold):
-    """Every whole group of eight from the start through compress_below, as the pair pass calls it."""
+def _compress_all(keys, xs, ys, zs, first, threshold):
+    """Every whole group of eight from ``first`` on through compress_below, as the pair pass calls it."""
     n = keys.shape[0]
     out = np.full((4, n), -1.0)
-    index = np.zeros(n, dtype=np.uint32)
+    index = np.full(n, 0xFFFFFFFF, dtype=np.uint32)
     m = 0
-    start = 0
+    start = first
     while start + simd.COMPRESS_LANES <= n:
         m = simd.compress_below(keys, xs, ys, zs, start, threshold, out[0], out[1], out[2], out[3], index, m)
         start += simd.COMPRESS_LANES
@@ -31,7 +31,7 @@ def _compress_all(keys, xs, ys, zs, threshold):
 @pytest.mark.parametrize("kept", ["some", "none", "all", "nan"])
 def test_compression_keeps_the_entries_below_the_threshold_in_order(kept):
     rng = np.random.default_rng(3)
-    n = 8 * 7 + 5  # whole groups and a rest the caller handles
+    n = 3 + 8 * 7 + 5  # a row from entry 3 on (as the pair pass starts at p + 1): whole groups, then a rest
     keys = rng.uniform(0.0, 2.0, n)
     if kept == "none":
         keys += 2.0
@@ -40,14 +40,26 @@ def test_compression_keeps_the_entries_below_the_threshold_in_order(kept):
     elif kept == "nan":
         keys[::3] = np.nan  # never below anything
     xs, ys, zs = rng.normal(size=(3, n))
-    m, start, out, index = _compress_all(keys, xs, ys, zs, 1.0)
+    m, start, out, index = _compress_all(keys, xs, ys, zs, 3, 1.0)
     assert start == n - 5
-    expected = np.flatnonzero(keys[:start] < 1.0)
-    assert m == len(expected) == {"none": 0, "all": start}.get(kept, m)
+    expected = 3 + np.flatnonzero(keys[3:start] < 1.0)
+    assert m == len(expected) == {"none": 0, "all": start - 3}.get(kept, m)
     assert np.array_equal(index[:m], expected)
     for row, source in zip(out, (keys, xs, ys, zs)):
         assert np.array_equal(row[:m], source[expected])
-    assert np.all(out[:, m:] == -1.0)  # nothing past the kept ones
+    assert np.all(out[:, m:] == -1.0) and np.all(index[m:] == 0xFFFFFFFF)  # nothing past the kept ones
+
+
+@pytest.mark.parametrize(("name", "features", "native"), [
+    ("sapphirerapids", "+avx2,+avx512f", True),
+    ("sapphirerapids", "+avx2,-avx512f", False),
+    ("znver4", "+avx2,+avx512f", False),  # compression into memory is microcode there
+    ("generic", "", False),
+])
+def test_compression_is_used_only_where_numba_compiles_for_a_cpu_that_has_it(monkeypatch, name, features, native):
+    monkeypatch.setattr(numba.config, "CPU_NAME", name)
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", features)
+    assert simd.targets_vector_compression() is native
 
 
 def _forces_both_ways(kernel, monkeypatch):
