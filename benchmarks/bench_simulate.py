@@ -162,9 +162,8 @@ def advance(integrator: integrate.Integrator, state, steps: int, block: int = BL
     while done < steps:
         if block > 0 and integrator.run is not None:
             n_steps = min(block, steps - done)
-            rows = np.empty((integrate.thermo_rows_between(done, n_steps, THERMO_EVERY), integrate.THERMO_RECORD_COLUMNS))
             state, n, b = integrator.run(state, n_steps, math.inf, 0.0, planned_steps=PLANNED_STEPS,
-                                         thermo=integrate.ThermoRecord(THERMO_EVERY, done, rows))
+                                         thermo=integrate.thermo_record(THERMO_EVERY, done, n_steps))
             done += n
             builds += b
             if n:

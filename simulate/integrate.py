@@ -81,6 +81,12 @@ def thermo_rows_between(first_step: int, n_steps: int, every: int) -> int:
     return (first_step + n_steps) // every - first_step // every if every > 0 else 0
 
 
+def thermo_record(every: int, first_step: int, n_steps: int) -> ThermoRecord:
+    """A :class:`ThermoRecord` with room for the rows of a block of ``n_steps`` steps from ``first_step``."""
+    return ThermoRecord(every, first_step,
+                        np.empty((thermo_rows_between(first_step, n_steps, every), THERMO_RECORD_COLUMNS)))
+
+
 class NVEState(NamedTuple):
     positions: np.ndarray  # (N, 3) Å, unwrapped
     velocities: np.ndarray  # (N, 3) Å/fs

@@ -450,10 +450,7 @@ def simulate(
                 # step(), which records the thermo rows between (see integrate.ThermoRecord); a step it stops
                 # before (three-body rows to widen, a failed check) is taken by step() below
                 target = next_output(step, block_steps)
-                thermo = integrate.ThermoRecord(
-                    thermo_every, step,
-                    np.empty((integrate.thermo_rows_between(step, target - step, thermo_every),
-                              integrate.THERMO_RECORD_COLUMNS)))
+                thermo = integrate.thermo_record(thermo_every, step, target - step)
                 block_started = time.perf_counter()
                 new_state, done, block_builds = integrator.run(state, target - step, max_force_ev_per_angstrom,
                                                                min_distance_angstrom, planned_steps=steps,
