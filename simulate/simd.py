@@ -20,7 +20,7 @@ import numba
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils, codegen
-from numba.extending import intrinsic
+from numba.extending import intrinsic, models, register_model
 
 COMPRESS_LANES = 8  # doubles in one 512-bit vector
 
@@ -99,3 +99,163 @@ def compress_below(typingctx, keys, xs, ys, zs, start, threshold, out_keys, out_
         return builder.add(slot_, builder.zext(kept, intp))
 
     return signature, codegen
+
+
+# --- four lanes of doubles ---------------------------------------------------------------------------
+# Numba has no vector type, and its loops reach vector instructions only through LLVM's loop vectoriser,
+# which leaves short sums alone: it may not reorder a floating-point sum (no fast-math), and a centre's
+# dozen neighbours make too short a loop anyway. ``Lanes`` is an LLVM <4 x double> as a Numba value
+# (in a register, across loops), with its loads, stores and arithmetic as the instructions they name:
+# code that keeps four partial sums, one per lane, and adds them in a fixed order (:func:`lane_sum`)
+# gives the same numbers wherever it runs with the same instruction set.
+
+LANES = 4  # doubles in one 256-bit vector (AVX; LLVM splits it in two on a CPU with 128-bit vectors only)
+_VECTOR = ir.VectorType(ir.DoubleType(), LANES)
+
+
+class Lanes(types.Type):
+    """Four float64 lanes (LLVM ``<4 x double>``)."""
+
+    def __init__(self):
+        super().__init__(name="Lanes4xf64")
+
+
+lanes = Lanes()
+
+
+@register_model(Lanes)
+class _LanesModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _VECTOR)
+
+
+def _rows(a) -> bool:
+    return isinstance(a, types.Array) and a.dtype == types.float64 and a.ndim == 2 and a.layout == "C"
+
+
+def _lane_pointer(context, builder, array_type, array, row, column):
+    """The address of ``array[row, column]`` (C order, no wrap-around, no bounds check) as a vector pointer."""
+    data = context.make_array(array_type)(context, builder, array)
+    item = cgutils.get_item_pointer2(context, builder, data.data, cgutils.unpack_tuple(builder, data.shape),
+                                     cgutils.unpack_tuple(builder, data.strides), "C", [row, column],
+                                     wraparound=False, boundscheck=False)
+    return builder.bitcast(item, _VECTOR.as_pointer())
+
+
+@intrinsic
+def lanes_load(typingctx, rows, row, column):
+    """``rows[row, column : column + 4]`` of a C-contiguous 2-D float64 array; the caller keeps it in bounds."""
+    if not _rows(rows):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_lane_pointer(context, builder, sig.args[0], args[0], args[1], args[2]), align=8)
+
+    return lanes(rows, types.intp, types.intp), codegen
+
+
+@intrinsic
+def lanes_store(typingctx, rows, row, column, value):
+    """``rows[row, column : column + 4] = value``; the caller keeps it in bounds."""
+    if not (_rows(rows) and value == lanes):
+        return None
+
+    def codegen(context, builder, sig, args):
+        builder.store(args[3], _lane_pointer(context, builder, sig.args[0], args[0], args[1], args[2]), align=8)
+        return context.get_dummy_value()
+
+    return types.none(rows, types.intp, types.intp, lanes), codegen
+
+
+@intrinsic
+def lanes_splat(typingctx, value):
+    """Four lanes of ``value``."""
+    if not isinstance(value, types.Float):
+        return None
+
+    def codegen(context, builder, sig, args):
+        x = context.cast(builder, args[0], sig.args[0], types.float64)
+        out = ir.Constant(_VECTOR, ir.Undefined)
+        for lane in range(LANES):
+            out = builder.insert_element(out, x, ir.Constant(ir.IntType(32), lane))
+        return out
+
+    return lanes(value), codegen
+
+
+def _lanes_binary(operation: str, doc: str):
+    @intrinsic
+    def binary(typingctx, x, y):
+        if not (x == lanes and y == lanes):
+            return None
+
+        def codegen(context, builder, sig, args):
+            return getattr(builder, operation)(args[0], args[1])
+
+        return lanes(lanes, lanes), codegen
+
+    binary.__doc__ = doc
+    return binary
+
+
+lanes_add = _lanes_binary("fadd", "x + y, lane by lane.")
+lanes_sub = _lanes_binary("fsub", "x − y, lane by lane.")
+lanes_mul = _lanes_binary("fmul", "x · y, lane by lane.")
+
+
+@intrinsic
+def lanes_muladd(typingctx, x, y, z):
+    """x · y + z, lane by lane: one fused multiply-add where the CPU has it (``llvm.fmuladd``), else a multiply
+    and an add; the same on every call of one compiled program."""
+    if not (x == lanes and y == lanes and z == lanes):
+        return None
+
+    def codegen(context, builder, sig, args):
+        muladd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VECTOR, [_VECTOR] * 3),
+                                                f"llvm.fmuladd.v{LANES}f64")
+        return builder.call(muladd, args)
+
+    return lanes(lanes, lanes, lanes), codegen
+
+
+@intrinsic
+def lane_sum(typingctx, x):
+    """(x₀ + x₁) + (x₂ + x₃): the lanes' sum, always in this order."""
+    if x != lanes:
+        return None
+
+    def codegen(context, builder, sig, args):
+        part = [builder.extract_element(args[0], ir.Constant(ir.IntType(32), lane)) for lane in range(LANES)]
+        return builder.fadd(builder.fadd(part[0], part[1]), builder.fadd(part[2], part[3]))
+
+    return types.float64(lanes), codegen
+
+
+@intrinsic
+def lane(typingctx, x, index):
+    """Lane ``index`` (0 to 3) of ``x``."""
+    if not (x == lanes and isinstance(index, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.extract_element(args[0], builder.trunc(args[1], ir.IntType(32)))
+
+    return types.float64(lanes, types.intp), codegen
+
+
+@intrinsic
+def lane_sums(typingctx, a, b, c, d):
+    """(Σa, Σb, Σc, Σd) in lanes, each sum in :func:`lane_sum`'s order: four sums in three adds and six shuffles."""
+    if not all(x == lanes for x in (a, b, c, d)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        def pick(x, y, order):
+            return builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(ir.IntType(32), LANES), order))
+
+        a_, b_, c_, d_ = args
+        ab = builder.fadd(pick(a_, b_, [0, 4, 2, 6]), pick(a_, b_, [1, 5, 3, 7]))  # a0+a1, b0+b1, a2+a3, b2+b3
+        cd = builder.fadd(pick(c_, d_, [0, 4, 2, 6]), pick(c_, d_, [1, 5, 3, 7]))
+        return builder.fadd(pick(ab, cd, [0, 1, 4, 5]), pick(ab, cd, [2, 3, 6, 7]))
+
+    return lanes(lanes, lanes, lanes, lanes), codegen

@@ -46,7 +46,10 @@ tolerance set so that one triplet's force moves by at most the pair laws' force 
 an exponential and a polynomial behind a branch on the species become one lookup. The legs (k, j, ·)
 of one centre and neighbour type share one grid, with each cell's coefficients side by side by leg,
 so ``triplet_radial_two`` finds the cell once for two legs (the forces-only pass of the tabulated
-many-body water took 2–3 % less time at 96 and 6,144 atoms, one thread).
+many-body water took 2–3 % less time at 96 and 6,144 atoms, one thread). It evaluates them in four
+vector lanes (:mod:`simulate.simd`): the two quintics and their slopes' quartics, each coefficient of
+the four one load (the quartics' sixth coefficient zero), five multiply-adds by Horner's rule for all
+four (the 96-atom forces came out the same bit for bit as with the fused scalar lookups before).
 At and beyond r_3 the tabulated leg is exactly zero, and its last knot takes R, R' from below: the
 learned legs carry (1 − r²/r_3²)³ and Stillinger–Weber's exp(γ/(r − r_3)) vanishes with all its
 derivatives, so both go to zero continuously. A leg without a law (a zero polynomial row) reads
@@ -83,6 +86,7 @@ from simulate.kernels import (
     two_legs,
 )
 from simulate.reference import compile_reference
+from simulate.simd import LANES, lane, lanes_load, lanes_muladd, lanes_splat
 
 DEFAULT_FORCE_TOLERANCE_EV_PER_ANGSTROM = 1e-8  # largest |F_table − F_closed| of one pair, anywhere in a table
 DEFAULT_MAX_FORCE_EV_PER_ANGSTROM = 100.0  # tables stop where a pair's |u'| exceeds this (a steep core)
@@ -665,8 +669,9 @@ class _LegGrids(NamedTuple):
     inner: np.ndarray  # (S²,) first knot of group g, Å (below it the closed form answers)
     inverse_step: np.ndarray  # (S²,) cells per Å (0 for a group of zero legs: its one cell of zeros)
     first_cell: np.ndarray  # (S²,) int64: the group's first row of ``cells``
-    cells: np.ndarray  # (Σ cells + 1, 11, S + 1): [row, q, o] the quintic's c_q (q < 6) and the slope's
-    # quartic d_{q−6} of leg (k, j, o) (see _derivative_coefficients); o = S: a zero leg, the o + 1 of S − 1
+    cells: np.ndarray  # (Σ cells + 1, 6 · S · LANES): row, then (q, o, lane): the power q of σ of the legs
+    # (k, j, o) and (k, j, o + 1) (o + 1 = S: a zero leg) in four lanes, (c_q, c'_q, d_q, d'_q): the quintics'
+    # coefficients and their slopes' quartics (d_5 = 0; see _derivative_coefficients)
 
 
 def _leg_grids(tables: dict[tuple[int, int, int], LawTable], n_species: int) -> _LegGrids:
@@ -699,19 +704,25 @@ def _leg_grids(tables: dict[tuple[int, int, int], LawTable], n_species: int) -> 
         offset += n_cells + 1
     blocks.append(np.zeros((1, 11, lanes)))
     first_cell[inverse_step == 0.0] = offset
-    return _LegGrids(inner, inverse_step, first_cell, np.ascontiguousarray(np.concatenate(blocks)))
+    by_leg = np.concatenate(blocks)  # [row, q, o]: c_q (q < 6), then d_{q−6}, of leg o
+    cells = np.zeros((by_leg.shape[0], 6, n_species, LANES))
+    for o in range(n_species):
+        cells[:, :, o, 0] = by_leg[:, :6, o]
+        cells[:, :, o, 1] = by_leg[:, :6, o + 1]
+        cells[:, :5, o, 2] = by_leg[:, 6:, o]
+        cells[:, :5, o, 3] = by_leg[:, 6:, o + 1]
+    return _LegGrids(inner, inverse_step, first_cell, np.ascontiguousarray(cells.reshape(by_leg.shape[0], -1)))
 
 
 @numba.njit(inline="always")
-def _leg(cells, row, other, s):
-    """(R, dR/dr) of leg ``other`` from row ``row`` of :class:`_LegGrids` cells, at s ∈ [0, 1)."""
-    value = cells[row, 5, other]
+def _leg_lanes(cells, row, other, s, n_species):
+    """(R, R', dR/dr, dR'/dr) in lanes: the legs ``other`` and ``other`` + 1 from row ``row`` of
+    :class:`_LegGrids` cells, at s ∈ [0, 1), each by Horner's rule (the slopes' leading coefficient is zero)."""
+    at = lanes_splat(s)
+    out = lanes_load(cells, row, (5 * n_species + other) * LANES)
     for q in range(4, -1, -1):
-        value = cells[row, q, other] + s * value
-    slope = cells[row, 10, other]
-    for q in range(9, 5, -1):
-        slope = cells[row, q, other] + s * slope
-    return value, slope
+        out = lanes_muladd(at, out, lanes_load(cells, row, (q * n_species + other) * LANES))
+    return out
 
 
 def _make_radial_kernels(closed_form, grids: _LegGrids, n_species: int, cutoff3: float):
@@ -720,7 +731,7 @@ def _make_radial_kernels(closed_form, grids: _LegGrids, n_species: int, cutoff3:
 
     The legs (k, j, o) of a centre k and neighbour j share one grid and each cell holds their
     coefficients side by side, so ``triplet_radial_two`` finds the cell once for legs o and o + 1 and
-    reads both from the same lines (the moment pass asks for every leg of a neighbour at once).
+    reads both, values and slopes, in four lanes (the moment pass asks for every leg of a neighbour at once).
     """
     inner, inverse_step, first_cell, cells = grids
     closed_two = two_legs(closed_form, n_species)
@@ -734,7 +745,8 @@ def _make_radial_kernels(closed_form, grids: _LegGrids, n_species: int, cutoff3:
         if r < lo:
             return closed_form(type_k, type_j, type_other, r)
         row, s = _locate(first_cell[group], inverse_step[group], lo, r)
-        return _leg(cells, row, type_other, s)
+        legs = _leg_lanes(cells, row, type_other, s, n_species)
+        return lane(legs, 0), lane(legs, 2)
 
     @numba.njit
     def tabulated_triplet_radial_two(type_k, type_j, type_other, r):
@@ -745,9 +757,8 @@ def _make_radial_kernels(closed_form, grids: _LegGrids, n_species: int, cutoff3:
         if r < lo:
             return closed_two(type_k, type_j, type_other, r)
         row, s = _locate(first_cell[group], inverse_step[group], lo, r)
-        a, da = _leg(cells, row, type_other, s)
-        b, db = _leg(cells, row, type_other + 1, s)
-        return a, da, b, db
+        legs = _leg_lanes(cells, row, type_other, s, n_species)
+        return lane(legs, 0), lane(legs, 2), lane(legs, 1), lane(legs, 3)
 
     return tabulated_triplet_radial, tabulated_triplet_radial_two
 

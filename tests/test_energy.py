@@ -263,6 +263,14 @@ def test_moments_by_distinct_components_equal_the_triplet_sums_for_every_degree_
     types = (np.arange(n) % n_species).astype(np.int64)
     if n_species == 3:
         types[types == 1] = 2  # no atom of the middle species
+    # the moment pass runs four neighbours at a time, each species' run padded to a multiple of four:
+    # runs of every length mod 4 occur here (and empty ones, with three species)
+    d = positions[:, None, :] - positions[None, :, :]
+    d -= box * np.rint(d / box)
+    within = (np.einsum("ijk,ijk->ij", d, d) < SYNTHETIC_R3**2) & ~np.eye(n, dtype=bool)
+    runs = np.stack([within[:, types == b].sum(axis=1) for b in range(n_species)], axis=1)
+    assert set(np.unique(runs % 4)) == {0, 1, 2, 3} and np.any(runs >= 5)
+    assert n_species < 3 or np.all(runs[:, 1] == 0)  # three species: every run of the absent one empty
     nl = partition.neighbor_list(positions, box, kernel.CUTOFF_ANGSTROM, 0.5, half=True)
     out = {}
     for moments in (True, False):

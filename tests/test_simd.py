@@ -1,5 +1,6 @@
 """Vector compression (simulate.simd) keeps the pairs a plain loop keeps, in the same order, bit for bit."""
 
+from fractions import Fraction
 from pathlib import Path
 
 import numba
@@ -88,3 +89,47 @@ def test_the_pair_pass_with_compression_is_bit_for_bit_the_plain_one(model, monk
     assert np.array_equal(plain.nearest_angstrom, compressed.nearest_angstrom)
     assert plain.energy_ev == compressed.energy_ev and plain.virial_ev == compressed.virial_ev
     assert np.abs(plain.forces_ev_per_angstrom).max() > 0.1  # real forces, not zeros on both sides
+
+
+@numba.njit
+def _lanes_program(rows, out):
+    """Every lane operation once: rows 0–2 of ``rows`` in, ``out`` rows 0–6 and the sums back."""
+    x = simd.lanes_load(rows, 0, 2)  # from a column that is not a multiple of four
+    y = simd.lanes_load(rows, 1, 2)
+    z = simd.lanes_load(rows, 2, 2)
+    simd.lanes_store(out, 0, 0, simd.lanes_add(x, y))
+    simd.lanes_store(out, 1, 0, simd.lanes_sub(x, y))
+    simd.lanes_store(out, 2, 0, simd.lanes_mul(x, y))
+    simd.lanes_store(out, 3, 0, simd.lanes_muladd(x, y, z))
+    simd.lanes_store(out, 4, 1, simd.lanes_splat(rows[0, 0]))
+    parts = (simd.lane(x, 0), simd.lane(x, 1), simd.lane(x, 2), simd.lane(x, 3))
+    return simd.lane_sum(x), parts
+
+
+def test_lane_operations_are_the_numbers_of_their_scalar_counterparts():
+    rng = np.random.default_rng(5)
+    rows = rng.normal(size=(3, 7)) * np.array([[1.0], [1e8], [1e-8]])
+    out = np.full((5, 5), 7.0)
+    total, parts = _lanes_program(rows, out)
+    x, y, z = rows[0, 2:6], rows[1, 2:6], rows[2, 2:6]
+    assert np.array_equal(out[0, :4], x + y)
+    assert np.array_equal(out[1, :4], x - y)
+    assert np.array_equal(out[2, :4], x * y)
+    # a multiply-add is fused or not, as the CPU has it: either rounding, never worse
+    assert all(got in (a * b + c, _fused(a, b, c)) for got, a, b, c in zip(out[3, :4], x, y, z))
+    assert np.array_equal(out[4, 1:5], np.full(4, rows[0, 0]))
+    assert np.array_equal(out[:4, 4], np.full(4, 7.0)) and out[4, 0] == 7.0  # nothing written outside
+    assert parts == tuple(x)
+    assert total == (x[0] + x[1]) + (x[2] + x[3])  # the lanes' sum in its fixed order
+
+
+def _fused(a: float, b: float, c: float) -> float:
+    """a·b + c rounded once (the exact product by fractions)."""
+    return float(Fraction(a) * Fraction(b) + Fraction(c))
+
+
+def test_lanes_refuse_arrays_they_cannot_read_as_rows():
+    with pytest.raises(numba.TypingError):
+        numba.njit(lambda a: simd.lane_sum(simd.lanes_load(a, 0, 0)))(np.zeros((4, 4))[:, ::2])
+    with pytest.raises(numba.TypingError):
+        numba.njit(lambda a: simd.lane_sum(simd.lanes_load(a, 0, 0)))(np.zeros((4, 4), dtype=np.float32))
