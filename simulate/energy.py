@@ -110,7 +110,9 @@ class ForceResult(NamedTuple):
 # use, so the full and forces-only passes agree bit for bit as long as no product of the inlined pair
 # kernel feeds both its energy and its force (the promise the flag makes; triplet by triplet, the energies
 # are summed in the forces-only pass too, see centre_rows, so a fused triplet law fuses alike in both;
-# by moments, the energy is a sum apart from the forces). Other modules run unfused.
+# by moments, the energy is a sum apart from the forces). Other modules run unfused, but for the moment
+# sums in lanes (see centre_rows), whose multiply-adds are LLVM's fmuladd, fused wherever the CPU has FMA:
+# they are the same code in every pass.
 CONTRACT = {"contract"}
 ROWS_AHEAD = 4  # how far ahead the pair pass prefetches its list rows
 TRIPLET_CHUNK = 32  # centres per parallel task of the full-list three-body pass
@@ -150,6 +152,7 @@ _SYMMETRIC_POWERS = (0, 1, 1, 1, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3)
 _SYMMETRIC_WEIGHTS = (1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 1, 1, 1, 3, 3, 3, 3, 3, 3, 6)
 assert MAX_COS_DEGREE == max(_SYMMETRIC_POWERS)  # the moment pass writes out the components up to cubes
 MOMENT_WIDTH = len(_SYMMETRIC_POWERS)  # the components of a moment as the pass stores them, in groups of LANES
+assert MOMENT_WIDTH % LANES == 0
 
 
 def _moment_layout(cos_polynomial) -> tuple:
@@ -362,6 +365,11 @@ def _cubic_row(a_xx, a_yy, a_zz, a_xy, a_xz, a_yz, xx, yy, zz, xy2, xz2, yz2):
     return lanes_muladd(lanes_splat(a_yz), yz2, out)
 
 
+@numba.njit(inline="always")
+def _tangential(de_dr, u, h, hu, inv_r):
+    """One component of a neighbour's gradient in lanes: ∂E/∂r û + (h − (h·û) û) / r."""
+    return lanes_muladd(de_dr, u, lanes_mul(lanes_sub(h, lanes_mul(hu, u)), inv_r))
+
 
 def _radial_two(triplet_radial, triplet_radial_two, n_species):
     """The legs (k, j, o) and (k, j, o + 1) of a neighbour at once, as the moment pass reads them (inlined, see
@@ -406,6 +414,7 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
     DRAD = RAD + n_species
     GX = DRAD + n_species
     lane_rows = GX + 4
+    moment_groups = -(-n_components // LANES)  # the groups of LANES components a moment is stored in: 1, 1, 3, 5
     with_bonds = intra_pair_energy_force is not None
     compress = COMPRESS_ALL_PAIRS  # a compile-time constant of the loops (see simulate.simd)
     bonded = topology.make_bonded_loop(intra_pair_energy_force if with_bonds else _no_pair, pair_energy_force)
@@ -440,12 +449,12 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
         (:mod:`simulate.simd`): the short row is copied into rows of lanes, one per coordinate, leg and
         slope, each species' run padded with zeros to a multiple of four (a pad adds zero to every
         moment and has a zero gradient), each moment summed in four partial sums added in a fixed order,
-        so the numbers do not depend on the thread count or the pass. Only the scatter of the gradients
-        to the neighbours' forces stays one neighbour at a time. With the legs' lookups in lanes too
-        (:mod:`simulate.tabulate`) and the neighbours put in order by one branch-free compaction per
-        species (a counting sort's counters in memory made every neighbour wait for the last), the
-        forces-only pass of the 96-atom tabulated many-body water took ~15 % less time (58 → 49 µs,
-        one thread).
+        so the numbers do not depend on the thread count or the pass. The copy into lanes, with each
+        neighbour's legs looked up (its two legs and their slopes in lanes, see :mod:`simulate.tabulate`),
+        and the scatter of the gradients to the neighbours' forces stay one neighbour at a time. With the
+        neighbours put in order by one branch-free compaction per species (a counting sort's counters in
+        memory made every neighbour wait for the last), the forces-only pass of the 96-atom tabulated
+        many-body water took ~15 % less time (58 → 49 µs, one thread).
 
         Otherwise triplet by triplet: with unit vectors û_j = d_kj/r_kj, ∂cosθ/∂x_j = (û_l − cosθ û_j)/r_kj,
         so the gradient of w on j is (∂w/∂r_kj − ∂w/∂cosθ cosθ/r_kj) û_j + ∂w/∂cosθ/r_kj û_l, alike for
@@ -471,7 +480,7 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
         # for each other species c, then the gradient (3) and r ∂E/∂r that the lanes compute
         padded = rows + n_species * (LANES - 1) if with_moments else 0
         by_lane = np.empty((lane_rows if with_moments else 0, padded))
-        source = np.empty(padded + 1, dtype=np.int64)  # the slot each came from (+ 1: the last compaction's stray write)
+        source = np.empty(padded, dtype=np.int64)  # the slot each came from
         start = np.empty(n_species + 1, dtype=np.int64)  # species b's lanes: start[b] to start[b + 1]
         fill = np.empty(n_species, dtype=np.int64)  # ... of which start[b] to fill[b] are neighbours
         moments = np.empty((n_species * n_species, MOMENT_WIDTH))  # [b·S + c, q]: T_b|c
@@ -487,7 +496,8 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
             if with_moments:
                 # the neighbours by species, in order: a compaction per species writes every neighbour's slot
                 # and moves past those of its species (no branch, and no counter in memory whose every
-                # update waits for the last: a counting sort's), then their directions, distances and
+                # update waits for the last: a counting sort's; the slot after a species' last one, its pad
+                # or the next species' first, is written over later), then their directions, distances and
                 # legs' radial factors into the lanes, each species' run padded with zeros
                 start[0] = 0
                 for b in range(n_species):
@@ -559,10 +569,10 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                                 m19 = lanes_muladd(rxy, uz, m19)
                         row = b * n_species + c
                         lanes_store(moments, row, 0, lane_sums(m0, m1, m2, m3))
-                        if n_components > 4:
+                        if moment_groups > 1:
                             lanes_store(moments, row, 4, lane_sums(m4, m5, m6, m7))
                             lanes_store(moments, row, 8, lane_sums(m8, m9, m10, m11))
-                        if n_components > 12:
+                        if moment_groups > 3:
                             lanes_store(moments, row, 12, lane_sums(m12, m13, m14, m15))
                             lanes_store(moments, row, 16, lane_sums(m16, m17, m18, m19))
                 # the adjoint ∂E/∂T_b|c = p T_c|b, four components at a time, and the energy where it is read
@@ -573,7 +583,7 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                         row = b * n_species + c
                         p_row = (tk * n_species + b) * n_species + c
                         e_lanes = zero
-                        for q in range(0, n_components, LANES):
+                        for q in range(0, moment_groups * LANES, LANES):
                             g = lanes_mul(lanes_load(coefficient, p_row, q), lanes_load(moments, c * n_species + b, q))
                             lanes_store(adjoint, row, q, g)
                             if with_energy:
@@ -639,12 +649,15 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                                 h1 = lanes_muladd(two, t1, h1)
                                 h2 = lanes_muladd(two, t2, h2)
                             if degree >= 3:
-                                q0 = _cubic_row(adjoint[row, 10], adjoint[row, 15], adjoint[row, 17], adjoint[row, 13], adjoint[row, 14], adjoint[row, 19],
-                                               xx, yy, zz, xy2, xz2, yz2)
-                                q1 = _cubic_row(adjoint[row, 13], adjoint[row, 11], adjoint[row, 18], adjoint[row, 15], adjoint[row, 19], adjoint[row, 16],
-                                               xx, yy, zz, xy2, xz2, yz2)
-                                q2 = _cubic_row(adjoint[row, 14], adjoint[row, 16], adjoint[row, 12], adjoint[row, 19], adjoint[row, 17], adjoint[row, 18],
-                                               xx, yy, zz, xy2, xz2, yz2)
+                                q0 = _cubic_row(adjoint[row, 10], adjoint[row, 15], adjoint[row, 17],
+                                                adjoint[row, 13], adjoint[row, 14], adjoint[row, 19],
+                                                xx, yy, zz, xy2, xz2, yz2)
+                                q1 = _cubic_row(adjoint[row, 13], adjoint[row, 11], adjoint[row, 18],
+                                                adjoint[row, 15], adjoint[row, 19], adjoint[row, 16],
+                                                xx, yy, zz, xy2, xz2, yz2)
+                                q2 = _cubic_row(adjoint[row, 14], adjoint[row, 16], adjoint[row, 12],
+                                                adjoint[row, 19], adjoint[row, 17], adjoint[row, 18],
+                                                xx, yy, zz, xy2, xz2, yz2)
                                 g0 = lanes_add(g0, q0)
                                 g1 = lanes_add(g1, q1)
                                 g2 = lanes_add(g2, q2)
@@ -660,9 +673,9 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                             hy = lanes_muladd(big_r, h1, hy)
                             hz = lanes_muladd(big_r, h2, hz)
                         hu = lanes_muladd(hz, uz, lanes_muladd(hy, uy, lanes_mul(hx, ux)))
-                        lanes_store(by_lane, GX, s, lanes_muladd(de_dr, ux, lanes_mul(lanes_sub(hx, lanes_mul(hu, ux)), inv_r)))
-                        lanes_store(by_lane, GX + 1, s, lanes_muladd(de_dr, uy, lanes_mul(lanes_sub(hy, lanes_mul(hu, uy)), inv_r)))
-                        lanes_store(by_lane, GX + 2, s, lanes_muladd(de_dr, uz, lanes_mul(lanes_sub(hz, lanes_mul(hu, uz)), inv_r)))
+                        lanes_store(by_lane, GX, s, _tangential(de_dr, ux, hx, hu, inv_r))
+                        lanes_store(by_lane, GX + 1, s, _tangential(de_dr, uy, hy, hu, inv_r))
+                        lanes_store(by_lane, GX + 2, s, _tangential(de_dr, uz, hz, hu, inv_r))
                         lanes_store(by_lane, GX + 3, s, lanes_mul(lanes_load(by_lane, 3, s), de_dr))
                     for s in range(start[b], fill[b]):
                         gx = by_lane[GX, s]

@@ -11,6 +11,11 @@ time; the pairs come out in the same order, so the forces are the same bit for b
 would split the intrinsic into a branch per lane (mispredicted at random), so the passes then keep
 their plain loop; so they do on AMD's Zen 4 and 5, which run the instruction's memory form as microcode
 (llvm/llvm-project#133568).
+
+``Lanes`` is four float64 lanes as a Numba value (LLVM's ``<4 x double>``), with loads and stores of four
+consecutive entries of an array's row, arithmetic lane by lane and sums of the lanes in a fixed order: the
+three-body moment pass computes four neighbours at a time with it (see :mod:`simulate.energy`), and a
+tabulated leg lookup two legs' values and slopes at once (see :mod:`simulate.tabulate`).
 """
 
 from __future__ import annotations
@@ -133,6 +138,10 @@ def _rows(a) -> bool:
     return isinstance(a, types.Array) and a.dtype == types.float64 and a.ndim == 2 and a.layout == "C"
 
 
+def _indices(*indices) -> bool:
+    return all(isinstance(index, types.Integer) for index in indices)
+
+
 def _lane_pointer(context, builder, array_type, array, row, column):
     """The address of ``array[row, column]`` (C order, no wrap-around, no bounds check) as a vector pointer."""
     data = context.make_array(array_type)(context, builder, array)
@@ -145,7 +154,7 @@ def _lane_pointer(context, builder, array_type, array, row, column):
 @intrinsic
 def lanes_load(typingctx, rows, row, column):
     """``rows[row, column : column + 4]`` of a C-contiguous 2-D float64 array; the caller keeps it in bounds."""
-    if not _rows(rows):
+    if not (_rows(rows) and _indices(row, column)):
         return None
 
     def codegen(context, builder, sig, args):
@@ -156,8 +165,8 @@ def lanes_load(typingctx, rows, row, column):
 
 @intrinsic
 def lanes_store(typingctx, rows, row, column, value):
-    """``rows[row, column : column + 4] = value``; the caller keeps it in bounds."""
-    if not (_rows(rows) and value == lanes):
+    """``rows[row, column : column + 4] = value`` (a writable array); the caller keeps it in bounds."""
+    if not (_rows(rows) and rows.mutable and _indices(row, column) and value == lanes):
         return None
 
     def codegen(context, builder, sig, args):
@@ -233,14 +242,14 @@ def lane_sum(typingctx, x):
 
 @intrinsic
 def lane(typingctx, x, index):
-    """Lane ``index`` (0 to 3) of ``x``."""
-    if not (x == lanes and isinstance(index, types.Integer)):
+    """Lane ``index`` of ``x``: a constant, 0 to 3."""
+    if not (x == lanes and isinstance(index, types.IntegerLiteral) and 0 <= index.literal_value < LANES):
         return None
 
     def codegen(context, builder, sig, args):
-        return builder.extract_element(args[0], builder.trunc(args[1], ir.IntType(32)))
+        return builder.extract_element(args[0], ir.Constant(ir.IntType(32), sig.args[1].literal_value))
 
-    return types.float64(lanes, types.intp), codegen
+    return types.float64(lanes, index), codegen
 
 
 @intrinsic

@@ -44,7 +44,7 @@ j, other neighbour o), tabulated the same way on [inner, r_3): u := R, u' := dR/
 tolerance set so that one triplet's force moves by at most the pair laws' force tolerance (see
 :func:`_radial_tables`). The moment sums of :mod:`simulate.energy` want all S legs of a neighbour;
 an exponential and a polynomial behind a branch on the species become one lookup. The legs (k, j, ·)
-of one centre and neighbour type share one grid, with each cell's coefficients side by side by leg,
+of one centre and neighbour type share one grid, with each cell's coefficients by power, leg and lane,
 so ``triplet_radial_two`` finds the cell once for two legs (the forces-only pass of the tabulated
 many-body water took 2–3 % less time at 96 and 6,144 atoms, one thread). It evaluates them in four
 vector lanes (:mod:`simulate.simd`): the two quintics and their slopes' quartics, each coefficient of
@@ -664,21 +664,21 @@ def _make_kernel(closed_form, rows: _Rows):
 
 class _LegGrids(NamedTuple):
     """The legs' tables as the radial lookups close over them: the legs (k, j, ·) of one centre and
-    neighbour type on one grid, group g = k·S + j, each cell's coefficients side by side by leg."""
+    neighbour type on one grid, group g = k·S + j, each cell's coefficients by power, leg and lane."""
 
     inner: np.ndarray  # (S²,) first knot of group g, Å (below it the closed form answers)
     inverse_step: np.ndarray  # (S²,) cells per Å (0 for a group of zero legs: its one cell of zeros)
     first_cell: np.ndarray  # (S²,) int64: the group's first row of ``cells``
     cells: np.ndarray  # (Σ cells + 1, 6 · S · LANES): row, then (q, o, lane): the power q of σ of the legs
-    # (k, j, o) and (k, j, o + 1) (o + 1 = S: a zero leg) in four lanes, (c_q, c'_q, d_q, d'_q): the quintics'
-    # coefficients and their slopes' quartics (d_5 = 0; see _derivative_coefficients)
+    # (k, j, o) and (k, j, o + 1) (o + 1 = S: a zero leg) in four lanes, (c_q^o, c_q^o+1, d_q^o, d_q^o+1): the
+    # quintics' coefficients and their slopes' quartics (d_5 = 0; see _derivative_coefficients)
 
 
 def _leg_grids(tables: dict[tuple[int, int, int], LawTable], n_species: int) -> _LegGrids:
     """:class:`_LegGrids` of ``tables``, whose legs of one (k, j) share their grid (see
     :func:`_radial_tables`). A leg without a table (:data:`_NO_LAW`, or zero on the whole scan) reads
     zeros; a group of such legs alone, one cell of zeros at every r."""
-    lanes = n_species + 1
+    n_legs = n_species + 1  # and a zero leg
     inner = np.zeros(n_species**2)
     inverse_step = np.zeros(n_species**2)
     first_cell = np.zeros(n_species**2, dtype=np.int64)
@@ -693,7 +693,7 @@ def _leg_grids(tables: dict[tuple[int, int, int], LawTable], n_species: int) -> 
         if len(grid) != 1:
             raise ValueError(f"legs {[leg.name for leg in shaped]} do not share one grid")
         ((lo, hi, n_cells),) = grid
-        block = np.zeros((n_cells + 1, 11, lanes))
+        block = np.zeros((n_cells + 1, 11, n_legs))
         for o, leg in enumerate(legs):
             if leg is not _NO_LAW:
                 block[:, :6, o] = leg.coefficients[:, :6]
@@ -702,21 +702,20 @@ def _leg_grids(tables: dict[tuple[int, int, int], LawTable], n_species: int) -> 
         inner[g], inverse_step[g], first_cell[g] = lo, n_cells / (hi - lo), offset
         blocks.append(block)
         offset += n_cells + 1
-    blocks.append(np.zeros((1, 11, lanes)))
+    blocks.append(np.zeros((1, 11, n_legs)))
     first_cell[inverse_step == 0.0] = offset
     by_leg = np.concatenate(blocks)  # [row, q, o]: c_q (q < 6), then d_{q−6}, of leg o
     cells = np.zeros((by_leg.shape[0], 6, n_species, LANES))
-    for o in range(n_species):
-        cells[:, :, o, 0] = by_leg[:, :6, o]
-        cells[:, :, o, 1] = by_leg[:, :6, o + 1]
-        cells[:, :5, o, 2] = by_leg[:, 6:, o]
-        cells[:, :5, o, 3] = by_leg[:, 6:, o + 1]
+    cells[..., 0] = by_leg[:, :6, :-1]  # leg o
+    cells[..., 1] = by_leg[:, :6, 1:]  # leg o + 1
+    cells[:, :5, :, 2] = by_leg[:, 6:, :-1]
+    cells[:, :5, :, 3] = by_leg[:, 6:, 1:]
     return _LegGrids(inner, inverse_step, first_cell, np.ascontiguousarray(cells.reshape(by_leg.shape[0], -1)))
 
 
 @numba.njit(inline="always")
 def _leg_lanes(cells, row, other, s, n_species):
-    """(R, R', dR/dr, dR'/dr) in lanes: the legs ``other`` and ``other`` + 1 from row ``row`` of
+    """(R_o, R_o+1, dR_o/dr, dR_o+1/dr) in lanes, o = ``other``: the legs o and o + 1 from row ``row`` of
     :class:`_LegGrids` cells, at s ∈ [0, 1), each by Horner's rule (the slopes' leading coefficient is zero)."""
     at = lanes_splat(s)
     out = lanes_load(cells, row, (5 * n_species + other) * LANES)

@@ -93,7 +93,7 @@ def test_the_pair_pass_with_compression_is_bit_for_bit_the_plain_one(model, monk
 
 @numba.njit
 def _lanes_program(rows, out):
-    """Every lane operation once: rows 0–2 of ``rows`` in, ``out`` rows 0–6 and the sums back."""
+    """Every lane operation once: rows 0–2 of ``rows`` in, ``out`` rows 0–5 and the sums back."""
     x = simd.lanes_load(rows, 0, 2)  # from a column that is not a multiple of four
     y = simd.lanes_load(rows, 1, 2)
     z = simd.lanes_load(rows, 2, 2)
@@ -102,6 +102,7 @@ def _lanes_program(rows, out):
     simd.lanes_store(out, 2, 0, simd.lanes_mul(x, y))
     simd.lanes_store(out, 3, 0, simd.lanes_muladd(x, y, z))
     simd.lanes_store(out, 4, 1, simd.lanes_splat(rows[0, 0]))
+    simd.lanes_store(out, 5, 0, simd.lane_sums(x, y, z, simd.lanes_mul(x, z)))
     parts = (simd.lane(x, 0), simd.lane(x, 1), simd.lane(x, 2), simd.lane(x, 3))
     return simd.lane_sum(x), parts
 
@@ -109,7 +110,7 @@ def _lanes_program(rows, out):
 def test_lane_operations_are_the_numbers_of_their_scalar_counterparts():
     rng = np.random.default_rng(5)
     rows = rng.normal(size=(3, 7)) * np.array([[1.0], [1e8], [1e-8]])
-    out = np.full((5, 5), 7.0)
+    out = np.full((6, 5), 7.0)
     total, parts = _lanes_program(rows, out)
     x, y, z = rows[0, 2:6], rows[1, 2:6], rows[2, 2:6]
     assert np.array_equal(out[0, :4], x + y)
@@ -122,14 +123,31 @@ def test_lane_operations_are_the_numbers_of_their_scalar_counterparts():
     assert parts == tuple(x)
     assert total == (x[0] + x[1]) + (x[2] + x[3])  # the lanes' sum in its fixed order
 
+    def fixed_order(v):
+        return (v[0] + v[1]) + (v[2] + v[3])
+
+    assert np.array_equal(out[5, :4], [fixed_order(x), fixed_order(y), fixed_order(z), fixed_order(x * z)])
+
 
 def _fused(a: float, b: float, c: float) -> float:
     """a·b + c rounded once (the exact product by fractions)."""
     return float(Fraction(a) * Fraction(b) + Fraction(c))
 
 
-def test_lanes_refuse_arrays_they_cannot_read_as_rows():
+def test_lanes_refuse_what_they_cannot_read_or_write_as_rows():
+    def load(a):
+        return simd.lane_sum(simd.lanes_load(a, 0, 0))
+
+    for bad in (np.zeros((4, 4))[:, ::2], np.zeros((4, 4), dtype=np.float32), np.zeros(4)):
+        with pytest.raises(numba.TypingError):
+            numba.njit(load)(bad)
     with pytest.raises(numba.TypingError):
-        numba.njit(lambda a: simd.lane_sum(simd.lanes_load(a, 0, 0)))(np.zeros((4, 4))[:, ::2])
+        numba.njit(lambda a: simd.lane_sum(simd.lanes_load(a, 0, 0.0)))(np.zeros((4, 4)))  # a float index
+    frozen = np.zeros((1, 4))
+    frozen.flags.writeable = False
     with pytest.raises(numba.TypingError):
-        numba.njit(lambda a: simd.lane_sum(simd.lanes_load(a, 0, 0)))(np.zeros((4, 4), dtype=np.float32))
+        numba.njit(lambda a: simd.lanes_store(a, 0, 0, simd.lanes_splat(1.0)))(frozen)
+    with pytest.raises(numba.TypingError):
+        numba.njit(lambda a, i: simd.lane(simd.lanes_load(a, 0, 0), i))(np.zeros((1, 4)), 1)  # not a constant
+    with pytest.raises(numba.TypingError):
+        numba.njit(lambda a: simd.lane(simd.lanes_load(a, 0, 0), 4))(np.zeros((1, 4)))
