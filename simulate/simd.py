@@ -47,6 +47,11 @@ def targets_vector_compression() -> bool:
 NATIVE_COMPRESS = targets_vector_compression()
 
 
+def _c_array(a, dtype, ndim: int) -> bool:
+    """Whether Numba type ``a`` is a C-contiguous array of ``dtype`` and ``ndim`` dimensions."""
+    return isinstance(a, types.Array) and a.dtype == dtype and a.ndim == ndim and a.layout == "C"
+
+
 
 @intrinsic
 def compress_below(typingctx, keys, xs, ys, zs, start, threshold, out_keys, out_x, out_y, out_z, out_index, slot):
@@ -56,11 +61,8 @@ def compress_below(typingctx, keys, xs, ys, zs, start, threshold, out_keys, out_
     their number. The caller keeps every index in bounds: ``start`` + 8 ≤ len(keys), and eight free slots
     from ``slot`` in each output.
     """
-    def contiguous(a, dtype):
-        return isinstance(a, types.Array) and a.dtype == dtype and a.ndim == 1 and a.layout == "C"
-
-    if not (all(contiguous(a, types.float64) for a in (keys, xs, ys, zs, out_keys, out_x, out_y, out_z))
-            and contiguous(out_index, types.uint32)):
+    if not (all(_c_array(a, types.float64, 1) for a in (keys, xs, ys, zs, out_keys, out_x, out_y, out_z))
+            and _c_array(out_index, types.uint32, 1)):
         return None
     signature = types.intp(keys, xs, ys, zs, types.intp, types.float64, out_keys, out_x, out_y, out_z, out_index,
                            types.intp)
@@ -135,7 +137,7 @@ class _LanesModel(models.PrimitiveModel):
 
 
 def _rows(a) -> bool:
-    return isinstance(a, types.Array) and a.dtype == types.float64 and a.ndim == 2 and a.layout == "C"
+    return _c_array(a, types.float64, 2)
 
 
 def _indices(*indices) -> bool:
