@@ -47,6 +47,10 @@ thread). A cutoff beyond half the box would need several images inside it and is
 
 The whole build is one compiled function (:data:`BUILD`, serial and parallel), so the compiled
 multi-step loops of :mod:`simulate.integrate` rebuild their list exactly as :func:`neighbor_list` does.
+Where the CPU compresses vectors (:data:`simulate.simd.NATIVE_COMPRESS`) a half list's cell search keeps
+the candidates within ``cutoff + skin`` eight at a time (:func:`simulate.simd.compress_within`): the
+same rows, entry for entry, and a build of 96,000 atoms (Morse test water, skin 1 Å, into reused rows)
+took 35 ms instead of 53 on one thread, 20 instead of 28 on two.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ import numpy as np
 from numba import prange
 
 from simulate.errors import MldError
+from simulate.simd import COMPRESS_LANES, NATIVE_COMPRESS, compress_within
 from simulate.space import box_lengths
 
 
@@ -150,6 +155,7 @@ def _image_code(a, b, c):
     return 9 * (a + 1) + 3 * (b + 1) + (c + 1)
 
 
+
 @numba.njit
 def image_shifts_angstrom(box):
     """(27, 3) Å: the shift of each image code (see NeighborList) in a box of lengths ``box``."""
@@ -216,9 +222,12 @@ def _build_cells(positions, box, n_cells, list_cutoff, capacity, cell_start, cel
     """
     n = positions.shape[0]
     nx, ny, nz = n_cells[0], n_cells[1], n_cells[2]
-    sx = np.empty(n)
-    sy = np.empty(n)
-    sz = np.empty(n)
+    # (with COMPRESS_LANES entries past the atoms, which the vector search reads, masked, at the last cell's end)
+    sx = np.empty(n + COMPRESS_LANES)
+    sy = np.empty(n + COMPRESS_LANES)
+    sz = np.empty(n + COMPRESS_LANES)
+    for a in range(n, n + COMPRESS_LANES):
+        sx[a] = sy[a] = sz[a] = 0.0
     wrap = np.empty((n, 3))
     for a in range(n):
         i = cell_atoms[a]
@@ -284,7 +293,18 @@ def _build_cells(positions, box, n_cells, list_cutoff, capacity, cell_start, cel
                 m = np.uint64(filled[p])
                 last = np.uint64(capacity - 1)
                 own = np.uint64(p)
-                for a in range(np.uint64(first), np.uint64(cell_start[other + 1])):
+                rest = np.uint64(first)
+                end = np.uint64(cell_start[other + 1])
+                if BUILD_COMPRESS and half:
+                    # eight candidates at a time by vector compression (see simulate.simd), the last eight
+                    # masked at the cell's end, while the row has eight free slots: the same rows, entry for
+                    # entry (a half row never meets its own atom)
+                    while rest < end and m + np.uint64(COMPRESS_LANES) <= np.uint64(capacity):
+                        m = np.uint64(compress_within(sx, sy, sz, rest, end, xi, yi, zi, rl2, row_neighbors, row_image,
+                                                      m, code))
+                        rest += np.uint64(COMPRESS_LANES)
+                    rest = min(rest, end)
+                for a in range(rest, end):
                     dx = xi - sx[a]
                     dy = yi - sy[a]
                     dz = zi - sz[a]
@@ -371,6 +391,10 @@ PARALLEL_MIN_ATOMS = 1000
 # pair against 60 with a list, 384 atoms 149 against 139, 576 atoms 280 against 219; a long slab of
 # thousands of atoms would take several times longer every pair.
 ALL_PAIRS_MAX_ATOMS = 256
+
+# the cell search of a half list keeps the candidates within the list cutoff eight at a time, by vector
+# compression, where the CPU has it (see simulate.simd); a compile-time constant of the builds
+BUILD_COMPRESS = NATIVE_COMPRESS
 
 
 def serial_and_parallel(function, cache=True, fastmath=False):

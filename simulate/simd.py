@@ -7,6 +7,11 @@ CPU with AVX-512 compresses eight lanes at once (``vcompresspd``), which LLVM re
 ``llvm.masked.compressstore`` intrinsic. :func:`compress_below` writes that step, eight pairs at a
 time; the pairs come out in the same order, so the forces are the same bit for bit.
 
+The cell search of a neighbour list keeps, of a cell's candidates, those within the list cutoff: the same
+compaction, eight candidates at a time in :func:`compress_within` (see :mod:`simulate.partition`). It packs
+the kept indices in a register and stores all eight lanes (the next group's overwrite those past the kept
+ones), as the memory form here would only add a masked store.
+
 ``NATIVE_COMPRESS`` says whether the code Numba compiles here has the instruction. Without it LLVM
 would split the intrinsic into a branch per lane (mispredicted at random), so the passes then keep
 their plain loop; so they do on AMD's Zen 4 and 5, which run the instruction's memory form as microcode
@@ -107,6 +112,77 @@ def compress_below(typingctx, keys, xs, ys, zs, start, threshold, out_keys, out_
 
     return signature, codegen
 
+
+
+@intrinsic
+def compress_within(typingctx, xs, ys, zs, start, end, x, y, z, threshold2, out_index, out_code, slot, code):
+    """Of the atoms ``start`` … ``start`` + 7 before ``end`` of the coordinates ``xs``, ``ys``, ``zs``
+    (float64), those whose squared distance from (``x``, ``y``, ``z``) is below ``threshold2``, their
+    indices written in order from ``slot`` on into ``out_index`` (int32) and ``code`` (an int8) beside each
+    in ``out_code``; returns ``slot`` plus their number. The squared distance is dx·dx + dy·dy + dz·dz in
+    this order, unfused, as a plain loop computes it. The caller keeps every index in bounds (``start`` + 8
+    ≤ len(xs), whatever ``end``; eight free slots from ``slot`` in each output) and may find those slots
+    overwritten past the kept entries.
+    """
+    if not (all(_c_array(a, types.float64, 1) for a in (xs, ys, zs)) and _c_array(out_index, types.int32, 1)
+            and _c_array(out_code, types.int8, 1) and _indices(start, end, slot, code)
+            and all(isinstance(v, types.Float) for v in (x, y, z, threshold2))):
+        return None
+    signature = types.intp(xs, ys, zs, start, end, x, y, z, threshold2, out_index, out_code, slot, code)
+
+    def codegen(context, builder, sig, args):
+        f64, i32, i8 = ir.DoubleType(), ir.IntType(32), ir.IntType(8)
+        lanes = COMPRESS_LANES
+        vector, indices, codes = ir.VectorType(f64, lanes), ir.VectorType(i32, lanes), ir.VectorType(i8, lanes)
+        mask_type = ir.VectorType(ir.IntType(1), lanes)
+        intp = context.get_value_type(types.intp)
+        start_ = context.cast(builder, args[3], sig.args[3], types.intp)
+        end_ = context.cast(builder, args[4], sig.args[4], types.intp)
+        slot_ = context.cast(builder, args[11], sig.args[11], types.intp)
+
+        def data(position):
+            return context.make_array(sig.args[position])(context, builder, args[position]).data
+
+        def splat(value, vector_type):
+            out = ir.Constant(vector_type, ir.Undefined)
+            for lane in range(lanes):
+                out = builder.insert_element(out, value, ir.Constant(i32, lane))
+            return out
+
+        def scalar(position):
+            return context.cast(builder, args[position], sig.args[position], types.float64)
+
+        squared = None
+        for axis, centre in ((0, 5), (1, 6), (2, 7)):
+            coordinate = builder.load(builder.bitcast(cgutils.gep(builder, data(axis), start_), vector.as_pointer()),
+                                      align=8)
+            delta = builder.fsub(splat(scalar(centre), vector), coordinate)
+            term = builder.fmul(delta, delta)
+            squared = term if squared is None else builder.fadd(squared, term)
+        first = builder.trunc(start_, i32)
+        index_lanes = builder.add(splat(first, indices), ir.Constant(indices, list(range(lanes))))
+        keep = builder.and_(builder.fcmp_ordered("<", squared, splat(scalar(8), vector)),
+                            builder.icmp_signed("<", index_lanes, splat(builder.trunc(end_, i32), indices)))
+        index_target = cgutils.gep(builder, data(9), slot_)
+        if targets_vector_compression():
+            pack = cgutils.get_or_insert_function(builder.module, ir.FunctionType(indices, [indices, indices, mask_type]),
+                                                  f"llvm.x86.avx512.mask.compress.v{lanes}i32")
+            packed = builder.call(pack, [index_lanes, ir.Constant(indices, ir.Undefined), keep])
+            builder.store(packed, builder.bitcast(index_target, indices.as_pointer()), align=4)
+        else:
+            store = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [indices, i32.as_pointer(), mask_type]),
+                f"llvm.masked.compressstore.v{lanes}i32")
+            builder.call(store, [index_lanes, index_target, keep])
+        code_ = builder.trunc(context.cast(builder, args[12], sig.args[12], types.intp), i8)
+        builder.store(splat(code_, codes), builder.bitcast(cgutils.gep(builder, data(10), slot_), codes.as_pointer()),
+                      align=1)
+        count_bits = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.IntType(lanes), [ir.IntType(lanes)]), f"llvm.ctpop.i{lanes}")
+        kept = builder.call(count_bits, [builder.bitcast(keep, ir.IntType(lanes))])
+        return builder.add(slot_, builder.zext(kept, intp))
+
+    return signature, codegen
 
 # --- four lanes of doubles ---------------------------------------------------------------------------
 # Numba has no vector type, and its loops reach vector instructions only through LLVM's loop vectoriser,

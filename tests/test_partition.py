@@ -1,10 +1,13 @@
 """Neighbour lists: cell lists find exactly the pairs a brute-force minimum-image search finds."""
 
+import types
+
+import numba
 import numpy as np
 import pytest
 
 from simulate import partition
-from simulate.space import minimum_image
+from simulate.space import box_lengths, minimum_image
 
 
 def reference_pairs(positions, box, list_cutoff):
@@ -184,3 +187,36 @@ def test_small_box_half_list_lists_nothing_and_is_never_rebuilt():
     brute = partition.neighbor_list(many, box, cutoff_angstrom=4.5, skin_angstrom=1.0, half=True)
     assert brute.cells_per_side == (1, 1, 1) and not partition.lists_every_pair(brute)
     assert partition.needs_rebuild(brute, many + 3.0)
+
+
+def _cell_build(compress: bool):
+    """The cell search compiled anew with the vector compression of its half lists on or off."""
+    function = types.FunctionType(partition._build_cells.__code__, dict(vars(partition), BUILD_COMPRESS=compress),
+                                  f"build_cells_{'compressed' if compress else 'plain'}")
+    return numba.njit(function)
+
+
+@pytest.mark.parametrize(("replicas", "list_cutoff", "capacity"), [
+    ((3, 3, 3), 5.5, 120),
+    ((3, 3, 3), 5.5, 40),  # rows overflow: searched on past their width, as the plain search goes on
+    ((4, 3, 5), 3.0, 64),  # cells of a handful of atoms, most groups of eight cut at a cell's end
+    ((3, 3, 3), 9.0, 400),  # cells of hundreds of atoms
+])
+def test_the_half_list_search_by_vector_compression_is_the_plain_search_entry_for_entry(
+        shipped_dataset, replicas, list_cutoff, capacity):
+    from simulate.setup import replicate
+
+    positions, _, box = replicate(shipped_dataset.positions[0], shipped_dataset.species,
+                                  np.diag(shipped_dataset.cell[0]), replicas)
+    positions = positions + np.random.default_rng(7).normal(0.0, 0.4, positions.shape)  # some far outside the box
+    box = box_lengths(box)
+    n_cells = np.array(partition.cells_per_side(box, list_cutoff), dtype=np.int64)
+    assert n_cells.min() >= 3
+    cell_start, cell_atoms, _ = partition._bin_atoms(positions, box, n_cells)
+    built = [build(positions, box, n_cells, list_cutoff, capacity, cell_start, cell_atoms, partition._HALF_STENCIL,
+                   True, *partition.NO_SPARE_ROWS) for build in (_cell_build(False), _cell_build(True))]
+    for plain, compressed in zip(*built):
+        assert np.array_equal(plain, compressed)
+    counts = built[0][1]
+    assert counts.max() > 8
+    assert (counts.max() >= capacity) == (capacity == 40)

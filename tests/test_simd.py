@@ -151,3 +151,45 @@ def test_lanes_refuse_what_they_cannot_read_or_write_as_rows():
         numba.njit(lambda a, i: simd.lane(simd.lanes_load(a, 0, 0), i))(np.zeros((1, 4)), 1)  # not a constant
     with pytest.raises(numba.TypingError):
         numba.njit(lambda a: simd.lane(simd.lanes_load(a, 0, 0), 4))(np.zeros((1, 4)))
+
+
+# the portable compressing store everywhere; the AVX-512 register form where this machine has it
+_FORMS = ["portable"] + (["register"] if simd.targets_vector_compression() else [])
+
+
+def _search_compiled():
+    """A fresh compilation of: compress_within over a row of candidates from ``first`` to ``end``, eight at a
+    time, as the cell search calls it."""
+
+    @numba.njit
+    def search(xs, ys, zs, first, end, centre, threshold2, code):
+        out = np.full(xs.shape[0] + simd.COMPRESS_LANES, -1, dtype=np.int32)
+        codes = np.full(xs.shape[0] + simd.COMPRESS_LANES, -1, dtype=np.int8)
+        m = 0
+        start = first
+        while start < end:
+            m = simd.compress_within(xs, ys, zs, start, end, centre[0], centre[1], centre[2], threshold2, out, codes,
+                                     m, code)
+            start += simd.COMPRESS_LANES
+        return m, out, codes
+
+    return search
+
+
+@pytest.mark.parametrize("form", _FORMS)
+@pytest.mark.parametrize(("first", "end"), [(0, 64), (3, 61), (5, 6), (9, 9)])
+def test_the_cell_search_compression_keeps_the_atoms_within_reach_before_the_end_in_order(first, end, form,
+                                                                                          monkeypatch):
+    monkeypatch.setattr(simd, "targets_vector_compression", lambda: form == "register")
+    rng = np.random.default_rng(11)
+    n = 64 + simd.COMPRESS_LANES  # readable entries past the last atom, as the cell search keeps them
+    xs, ys, zs = rng.uniform(-3.0, 3.0, (3, n))
+    xs[::5] = np.nan  # never within reach
+    centre = np.array([0.2, -0.1, 0.4])
+    m, out, codes = _search_compiled()(xs, ys, zs, first, end, centre, 4.0, 13)
+    r2 = (centre[0] - xs) ** 2 + (centre[1] - ys) ** 2 + (centre[2] - zs) ** 2
+    expected = first + np.flatnonzero(r2[first:end] < 4.0)
+    assert m == len(expected) and (end - first < 8 or 0 < m < end - first)
+    assert np.array_equal(out[:m], expected) and np.all(codes[:m] == 13)
+    past = m if form == "portable" else m + simd.COMPRESS_LANES
+    assert np.all(out[past:] == -1)  # nothing past the last group's eight slots
