@@ -1,7 +1,8 @@
 """Time of one forces-only force pass of the 96-atom water box, one thread, timed inside compiled code.
 
 The pass the MD blocks call between outputs (``energy.force_loops(...).half_forces_only[0]``: serial,
-no energies), on the tabulated kernels ``mld simulate`` runs: the Morse test water and, where they exist,
+no energies; at 96 atoms in a run planned long enough to compile it, see
+``simulate.integrate.uses_forces_only``), on the tabulated kernels ``mld simulate`` runs: the Morse test water and, where they exist,
 the learned pairwise and default (many-body) models (see ``bench_simulate.py``). For work on the pass
 itself, where ``bench_simulate.py`` times whole MD steps of many sizes:
 
@@ -47,9 +48,13 @@ SKIN_ANGSTROM = 1.0
 def _compiled_repeat(pass_fn):
     @numba.njit
     def repeat(calls, frames, types, box, neighbors, counts, order, layer_start, image, wrap, cutoff, cutoff3, work):
+        """The longest short three-body row met (beyond the workspace's width, a pass skips its three-body terms)."""
+        needed3 = 0
         for q in range(calls):
-            pass_fn(frames[q % frames.shape[0]], types, box, neighbors, counts, order, layer_start, image, wrap,
-                    cutoff, cutoff3, work)
+            out = pass_fn(frames[q % frames.shape[0]], types, box, neighbors, counts, order, layer_start, image, wrap,
+                          cutoff, cutoff3, work)
+            needed3 = max(needed3, out[6])
+        return needed3
 
     return repeat
 
@@ -58,6 +63,8 @@ def time_pass(kernel_path: Path, n_frames: int, calls: int, repeats: int) -> lis
     """µs per forces-only pass of each of ``repeats`` timings of ``calls`` passes."""
     kernel = tabulate.tabulate_kernel_module(load_kernel_module(kernel_path))
     data = np.load(DATASET)
+    if not 1 <= n_frames <= data["positions"].shape[0]:
+        raise SystemExit(f"--frames: {n_frames}, but {DATASET} holds 1 to {data['positions'].shape[0]} frames")
     frames = np.ascontiguousarray(data["positions"][:n_frames], dtype=np.float64)
     box = np.ascontiguousarray(np.diag(data["cell"][0]), dtype=np.float64)
     types = md.atom_types(kernel, [str(s) for s in data["species"]])
@@ -65,11 +72,16 @@ def time_pass(kernel_path: Path, n_frames: int, calls: int, repeats: int) -> lis
     nl = partition.neighbor_list(frames[0], box, energy.interaction_cutoff_angstrom(kernel), SKIN_ANGSTROM, half=True)
     if nl.neighbors.shape[1] != 0:
         raise SystemExit(f"{DATASET}: the box does not list every pair; its frames would need lists of their own")
-    work = energy.workspace(loops, frames.shape[1], box)
     repeat = _compiled_repeat(loops.half_forces_only[0])
+    work = energy.workspace(loops, frames.shape[1], box)
     arguments = (frames, types, box, nl.neighbors, nl.counts, nl.order, nl.layer_start, nl.image, nl.wrap_angstrom,
                  loops.cutoff_angstrom, loops.threebody_cutoff_angstrom, work)
-    repeat(n_frames, *arguments)  # compile, and warm every frame
+    needed3 = repeat(frames.shape[0], *arguments)  # compile, and warm every frame
+    if needed3 > work[6].shape[1]:
+        # short rows wide enough for every frame, as a run widens them, so that every pass does its three-body part
+        work = energy.workspace(loops, frames.shape[1], box, capacity3=needed3)
+        arguments = arguments[:-1] + (work,)
+        repeat(frames.shape[0], *arguments)
     timings = []
     for _ in range(repeats):
         start = time.perf_counter()

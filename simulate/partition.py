@@ -49,8 +49,9 @@ The whole build is one compiled function (:data:`BUILD`, serial and parallel), s
 multi-step loops of :mod:`simulate.integrate` rebuild their list exactly as :func:`neighbor_list` does.
 Where the CPU compresses vectors (:data:`simulate.simd.NATIVE_COMPRESS`) a half list's cell search keeps
 the candidates within ``cutoff + skin`` eight at a time (:func:`simulate.simd.compress_within`): the
-same rows, entry for entry, and a build of 96,000 atoms (Morse test water, skin 1 Å, into reused rows)
-took 35 ms instead of 53 on one thread, 20 instead of 28 on two.
+same rows, entry for entry; a build of 96,000 atoms (Morse test water, skin 1 Å, into reused rows)
+took 32 ms instead of 50 on one thread, 17 instead of 27 on two, in alternating runs on one machine (the
+figures of builds elsewhere in this module come from earlier runs, before it).
 """
 
 from __future__ import annotations
@@ -153,7 +154,6 @@ IMAGE_SHIFTS = np.array([(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c
 @numba.njit(inline="always")
 def _image_code(a, b, c):
     return 9 * (a + 1) + 3 * (b + 1) + (c + 1)
-
 
 
 @numba.njit
@@ -393,7 +393,8 @@ PARALLEL_MIN_ATOMS = 1000
 ALL_PAIRS_MAX_ATOMS = 256
 
 # the cell search of a half list keeps the candidates within the list cutoff eight at a time, by vector
-# compression, where the CPU has it (see simulate.simd); a compile-time constant of the builds
+# compression, where the CPU has it (see simulate.simd); a compile-time constant of the builds, which are
+# cached on disk: Numba renews them when this file changes, not simd.py (see simulate.simd)
 BUILD_COMPRESS = NATIVE_COMPRESS
 
 

@@ -9,8 +9,10 @@ time; the pairs come out in the same order, so the forces are the same bit for b
 
 The cell search of a neighbour list keeps, of a cell's candidates, those within the list cutoff: the same
 compaction, eight candidates at a time in :func:`compress_within` (see :mod:`simulate.partition`). It packs
-the kept indices in a register and stores all eight lanes (the next group's overwrite those past the kept
-ones), as the memory form here would only add a masked store.
+the kept indices in a register and stores all eight lanes; the caller writes over those past the kept ones
+later (the next group, or the row's padding), and the memory form would only add a masked store. The
+builds that call it are cached on disk (Numba's ``cache=True``), and Numba compiles a cached function
+anew when its own file changes only: after a change here, delete ``simulate/__pycache__/partition.*.nb[ic]``.
 
 ``NATIVE_COMPRESS`` says whether the code Numba compiles here has the instruction. Without it LLVM
 would split the intrinsic into a branch per lane (mispredicted at random), so the passes then keep
@@ -36,15 +38,16 @@ COMPRESS_LANES = 8  # doubles in one 512-bit vector
 
 
 def targets_vector_compression() -> bool:
-    """Whether Numba compiles for a CPU with AVX-512F whose compression into memory is not microcode: Numba's
-    own CPU settings (``NUMBA_CPU_NAME``, ``NUMBA_CPU_FEATURES``), else this machine's as Numba sees them
-    (``NUMBA_ENABLE_AVX=0`` turns AVX off)."""
+    """Whether Numba compiles for a CPU with AVX-512F and AVX-512VL (the compression of eight 32-bit lanes,
+    a 256-bit vector, is VL's) whose compression into memory is not microcode: Numba's own CPU settings
+    (``NUMBA_CPU_NAME``, ``NUMBA_CPU_FEATURES``), else this machine's as Numba sees them (``NUMBA_ENABLE_AVX=0``
+    turns AVX off)."""
     name, features = numba.config.CPU_NAME, numba.config.CPU_FEATURES
     if name in (None, "", "host"):
         name = llvmlite.binding.get_host_cpu_name()
         if features is None:
             features = codegen.get_host_cpu_features()
-    if not features or "+avx512f" not in features.split(","):
+    if not features or not {"+avx512f", "+avx512vl"} <= set(features.split(",")):
         return False
     return not name.startswith("znver")
 
@@ -55,6 +58,11 @@ NATIVE_COMPRESS = targets_vector_compression()
 def _c_array(a, dtype, ndim: int) -> bool:
     """Whether Numba type ``a`` is a C-contiguous array of ``dtype`` and ``ndim`` dimensions."""
     return isinstance(a, types.Array) and a.dtype == dtype and a.ndim == ndim and a.layout == "C"
+
+
+def _indices(*indices) -> bool:
+    """Whether every Numba type in ``indices`` is an integer."""
+    return all(isinstance(index, types.Integer) for index in indices)
 
 
 
@@ -113,13 +121,12 @@ def compress_below(typingctx, keys, xs, ys, zs, start, threshold, out_keys, out_
     return signature, codegen
 
 
-
 @intrinsic
 def compress_within(typingctx, xs, ys, zs, start, end, x, y, z, threshold2, out_index, out_code, slot, code):
     """Of the atoms ``start`` … ``start`` + 7 before ``end`` of the coordinates ``xs``, ``ys``, ``zs``
     (float64), those whose squared distance from (``x``, ``y``, ``z``) is below ``threshold2``, their
-    indices written in order from ``slot`` on into ``out_index`` (int32) and ``code`` (an int8) beside each
-    in ``out_code``; returns ``slot`` plus their number. The squared distance is dx·dx + dy·dy + dz·dz in
+    indices written in order from ``slot`` on into ``out_index`` (int32) and ``code`` (an integer, stored as
+    int8) beside each in ``out_code``; returns ``slot`` plus their number. The squared distance is dx·dx + dy·dy + dz·dz in
     this order, unfused, as a plain loop computes it. The caller keeps every index in bounds (``start`` + 8
     ≤ len(xs), whatever ``end``; eight free slots from ``slot`` in each output) and may find those slots
     overwritten past the kept entries.
@@ -214,10 +221,6 @@ class _LanesModel(models.PrimitiveModel):
 
 def _rows(a) -> bool:
     return _c_array(a, types.float64, 2)
-
-
-def _indices(*indices) -> bool:
-    return all(isinstance(index, types.Integer) for index in indices)
 
 
 def _lane_pointer(context, builder, array_type, array, row, column):

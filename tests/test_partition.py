@@ -191,6 +191,7 @@ def test_small_box_half_list_lists_nothing_and_is_never_rebuilt():
 
 def _cell_build(compress: bool):
     """The cell search compiled anew with the vector compression of its half lists on or off."""
+    assert "BUILD_COMPRESS" in vars(partition)  # the switch the build reads (else both builds would be alike)
     function = types.FunctionType(partition._build_cells.__code__, dict(vars(partition), BUILD_COMPRESS=compress),
                                   f"build_cells_{'compressed' if compress else 'plain'}")
     return numba.njit(function)
@@ -200,7 +201,7 @@ def _cell_build(compress: bool):
     ((3, 3, 3), 5.5, 120),
     ((3, 3, 3), 5.5, 40),  # rows overflow: searched on past their width, as the plain search goes on
     ((4, 3, 5), 3.0, 64),  # cells of a handful of atoms, most groups of eight cut at a cell's end
-    ((3, 3, 3), 9.0, 400),  # cells of hundreds of atoms
+    ((3, 3, 3), 9.0, 400),  # cells of about a hundred atoms
 ])
 def test_the_half_list_search_by_vector_compression_is_the_plain_search_entry_for_entry(
         shipped_dataset, replicas, list_cutoff, capacity):
@@ -208,7 +209,7 @@ def test_the_half_list_search_by_vector_compression_is_the_plain_search_entry_fo
 
     positions, _, box = replicate(shipped_dataset.positions[0], shipped_dataset.species,
                                   np.diag(shipped_dataset.cell[0]), replicas)
-    positions = positions + np.random.default_rng(7).normal(0.0, 0.4, positions.shape)  # some far outside the box
+    positions = positions + np.random.default_rng(7).normal(0.0, 0.4, positions.shape)  # some past the box's faces
     box = box_lengths(box)
     n_cells = np.array(partition.cells_per_side(box, list_cutoff), dtype=np.int64)
     assert n_cells.min() >= 3

@@ -52,9 +52,10 @@ def test_compression_keeps_the_entries_below_the_threshold_in_order(kept):
 
 
 @pytest.mark.parametrize(("name", "features", "native"), [
-    ("sapphirerapids", "+avx2,+avx512f", True),
-    ("sapphirerapids", "+avx2,-avx512f", False),
-    ("znver4", "+avx2,+avx512f", False),  # compression into memory is microcode there
+    ("sapphirerapids", "+avx2,+avx512f,+avx512vl", True),
+    ("sapphirerapids", "+avx2,-avx512f,+avx512vl", False),
+    ("knl", "+avx2,+avx512f,-avx512vl", False),  # no 256-bit compression (the indices' eight 32-bit lanes)
+    ("znver4", "+avx2,+avx512f,+avx512vl", False),  # compression into memory is microcode there
     ("generic", "", False),
 ])
 def test_compression_is_used_only_where_numba_compiles_for_a_cpu_that_has_it(monkeypatch, name, features, native):
@@ -177,7 +178,7 @@ def _search_compiled():
 
 
 @pytest.mark.parametrize("form", _FORMS)
-@pytest.mark.parametrize(("first", "end"), [(0, 64), (3, 61), (5, 6), (9, 9)])
+@pytest.mark.parametrize(("first", "end"), [(0, 64), (3, 61), (5, 6), (60, 64), (41, 50)])
 def test_the_cell_search_compression_keeps_the_atoms_within_reach_before_the_end_in_order(first, end, form,
                                                                                           monkeypatch):
     monkeypatch.setattr(simd, "targets_vector_compression", lambda: form == "register")
@@ -186,6 +187,8 @@ def test_the_cell_search_compression_keeps_the_atoms_within_reach_before_the_end
     xs, ys, zs = rng.uniform(-3.0, 3.0, (3, n))
     xs[::5] = np.nan  # never within reach
     centre = np.array([0.2, -0.1, 0.4])
+    # the atoms from the end on sit on the centre: a search that read past the end would keep them
+    xs[end:end + simd.COMPRESS_LANES], ys[end:end + simd.COMPRESS_LANES], zs[end:end + simd.COMPRESS_LANES] = centre[:, None]
     m, out, codes = _search_compiled()(xs, ys, zs, first, end, centre, 4.0, 13)
     r2 = (centre[0] - xs) ** 2 + (centre[1] - ys) ** 2 + (centre[2] - zs) ** 2
     expected = first + np.flatnonzero(r2[first:end] < 4.0)
