@@ -2,9 +2,10 @@
 
 The pass the MD blocks call between outputs (``energy.force_loops(...).half_forces_only[0]``: serial,
 no energies; at 96 atoms in a run planned long enough to compile it, see
-``simulate.integrate.uses_forces_only``), on the tabulated kernels ``mld simulate`` runs: the Morse test water and, where they exist,
-the learned pairwise and default (many-body) models (see ``bench_simulate.py``). For work on the pass
-itself, where ``bench_simulate.py`` times whole MD steps of many sizes:
+``simulate.integrate.uses_forces_only``), on the tabulated kernels ``mld simulate`` runs: the Morse test
+water and, where they exist, the learned pairwise and default (many-body) models (see
+``bench_simulate.py``). For work on the pass itself, where ``bench_simulate.py`` times whole MD steps of
+many sizes:
 
 * The passes are called from a compiled loop, so a call costs no Python dispatch (~4 µs a call from
   Python at 96 atoms, as much as a fifth of the pass).

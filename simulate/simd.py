@@ -65,7 +65,6 @@ def _indices(*indices) -> bool:
     return all(isinstance(index, types.Integer) for index in indices)
 
 
-
 @intrinsic
 def compress_below(typingctx, keys, xs, ys, zs, start, threshold, out_keys, out_x, out_y, out_z, out_index, slot):
     """Of the eight entries ``start`` … ``start`` + 7 of the float arrays ``keys``, ``xs``, ``ys``, ``zs``,
@@ -125,11 +124,11 @@ def compress_below(typingctx, keys, xs, ys, zs, start, threshold, out_keys, out_
 def compress_within(typingctx, xs, ys, zs, start, end, x, y, z, threshold2, out_index, out_code, slot, code):
     """Of the atoms ``start`` … ``start`` + 7 before ``end`` of the coordinates ``xs``, ``ys``, ``zs``
     (float64), those whose squared distance from (``x``, ``y``, ``z``) is below ``threshold2``, their
-    indices written in order from ``slot`` on into ``out_index`` (int32) and ``code`` (an integer, stored as
-    int8) beside each in ``out_code``; returns ``slot`` plus their number. The squared distance is dx·dx + dy·dy + dz·dz in
-    this order, unfused, as a plain loop computes it. The caller keeps every index in bounds (``start`` + 8
-    ≤ len(xs), whatever ``end``; eight free slots from ``slot`` in each output) and may find those slots
-    overwritten past the kept entries.
+    indices written in order from ``slot`` on into ``out_index`` (int32) and ``code`` (an integer, stored
+    as int8) beside each in ``out_code``; returns ``slot`` plus their number. The squared distance is
+    dx·dx + dy·dy + dz·dz in this order, unfused, as a plain loop computes it. The caller keeps every
+    index in bounds (``start`` + 8 ≤ len(xs), whatever ``end``; eight free slots from ``slot`` in each
+    output) and may find those slots overwritten past the kept entries.
     """
     if not (all(_c_array(a, types.float64, 1) for a in (xs, ys, zs)) and _c_array(out_index, types.int32, 1)
             and _c_array(out_code, types.int8, 1) and _indices(start, end, slot, code)
@@ -190,6 +189,7 @@ def compress_within(typingctx, xs, ys, zs, start, end, x, y, z, threshold2, out_
         return builder.add(slot_, builder.zext(kept, intp))
 
     return signature, codegen
+
 
 # --- four lanes of doubles ---------------------------------------------------------------------------
 # Numba has no vector type, and its loops reach vector instructions only through LLVM's loop vectoriser,
