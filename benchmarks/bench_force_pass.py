@@ -34,16 +34,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_simulate import LEARNED, LEARNED_PAIRWISE, MORSE_WATER, SKIN_ANGSTROM  # the same models and skin
+
 from simulate import energy, md, partition, tabulate
 from simulate.kernels import load_kernel_module
 from tests.kernel_examples.starting_frames import DATASET
 
 MODELS = {
-    "morse_water_tabulated": ROOT / "tests" / "kernel_examples" / "morse_water.py",
-    "learned_pairwise_tabulated": ROOT / "models" / "default" / "pairwise" / "kernels.py",
-    "learned_manybody_tabulated": ROOT / "models" / "default" / "kernels.py",
+    "morse_water_tabulated": MORSE_WATER,
+    "learned_pairwise_tabulated": LEARNED_PAIRWISE,
+    "learned_manybody_tabulated": LEARNED,
 }
-SKIN_ANGSTROM = 1.0
 
 
 def _compiled_repeat(pass_fn):

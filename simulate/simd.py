@@ -65,6 +65,35 @@ def _indices(*indices) -> bool:
     return all(isinstance(index, types.Integer) for index in indices)
 
 
+def _splat(builder, value, vector_type):
+    """A vector of ``vector_type`` with ``value`` in every lane."""
+    out = ir.Constant(vector_type, ir.Undefined)
+    for lane in range(vector_type.count):
+        out = builder.insert_element(out, value, ir.Constant(ir.IntType(32), lane))
+    return out
+
+
+def _array_data(context, builder, sig, args, position):
+    """The data pointer of the array that is argument ``position`` of an intrinsic."""
+    return context.make_array(sig.args[position])(context, builder, args[position]).data
+
+
+def _lane_numbers(builder, first, lanes: int):
+    """The int32 vector first, first + 1, …, first + lanes − 1 (``first`` an integer, truncated to 32 bits)."""
+    vector_type = ir.VectorType(ir.IntType(32), lanes)
+    return builder.add(_splat(builder, builder.trunc(first, ir.IntType(32)), vector_type),
+                       ir.Constant(vector_type, list(range(lanes))))
+
+
+def _slot_after(builder, slot, keep, intp):
+    """``slot`` plus the number of lanes set in the mask ``keep`` (a popcount)."""
+    lanes = keep.type.count
+    count_bits = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.IntType(lanes), [ir.IntType(lanes)]), f"llvm.ctpop.i{lanes}")
+    kept = builder.call(count_bits, [builder.bitcast(keep, ir.IntType(lanes))])
+    return builder.add(slot, builder.zext(kept, intp))
+
+
 @intrinsic
 def compress_below(typingctx, keys, xs, ys, zs, start, threshold, out_keys, out_x, out_y, out_z, out_index, slot):
     """Of the eight entries ``start`` … ``start`` + 7 of the float arrays ``keys``, ``xs``, ``ys``, ``zs``,
@@ -86,17 +115,11 @@ def compress_below(typingctx, keys, xs, ys, zs, start, threshold, out_keys, out_
         start_, threshold_, slot_ = args[4], args[5], args[11]
 
         def data(position):
-            return context.make_array(sig.args[position])(context, builder, args[position]).data
+            return _array_data(context, builder, sig, args, position)
 
         def load_lanes(position):
             address = builder.bitcast(cgutils.gep(builder, data(position), start_), vector.as_pointer())
             return builder.load(address, align=8)
-
-        def splat(value, vector_type):
-            out = ir.Constant(vector_type, ir.Undefined)
-            for lane in range(lanes):
-                out = builder.insert_element(out, value, ir.Constant(i32, lane))
-            return out
 
         store_doubles = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [vector, f64.as_pointer(), mask_type]),
@@ -104,18 +127,14 @@ def compress_below(typingctx, keys, xs, ys, zs, start, threshold, out_keys, out_
         store_indices = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [indices, i32.as_pointer(), mask_type]),
             f"llvm.masked.compressstore.v{lanes}i32")
-        count_bits = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.IntType(lanes), [ir.IntType(lanes)]), f"llvm.ctpop.i{lanes}")
         key_lanes = load_lanes(0)
-        keep = builder.fcmp_ordered("<", key_lanes, splat(threshold_, vector))
+        keep = builder.fcmp_ordered("<", key_lanes, _splat(builder, threshold_, vector))
         for source, target in ((0, 6), (1, 7), (2, 8), (3, 9)):
             lanes_ = key_lanes if source == 0 else load_lanes(source)
             builder.call(store_doubles, [lanes_, cgutils.gep(builder, data(target), slot_), keep])
-        first = builder.trunc(start_, i32)
-        index_lanes = builder.add(splat(first, indices), ir.Constant(indices, list(range(lanes))))
+        index_lanes = _lane_numbers(builder, start_, lanes)
         builder.call(store_indices, [index_lanes, cgutils.gep(builder, data(10), slot_), keep])
-        kept = builder.call(count_bits, [builder.bitcast(keep, ir.IntType(lanes))])
-        return builder.add(slot_, builder.zext(kept, intp))
+        return _slot_after(builder, slot_, keep, intp)
 
     return signature, codegen
 
@@ -147,13 +166,7 @@ def compress_within(typingctx, xs, ys, zs, start, end, x, y, z, threshold2, out_
         slot_ = context.cast(builder, args[11], sig.args[11], types.intp)
 
         def data(position):
-            return context.make_array(sig.args[position])(context, builder, args[position]).data
-
-        def splat(value, vector_type):
-            out = ir.Constant(vector_type, ir.Undefined)
-            for lane in range(lanes):
-                out = builder.insert_element(out, value, ir.Constant(i32, lane))
-            return out
+            return _array_data(context, builder, sig, args, position)
 
         def scalar(position):
             return context.cast(builder, args[position], sig.args[position], types.float64)
@@ -162,13 +175,12 @@ def compress_within(typingctx, xs, ys, zs, start, end, x, y, z, threshold2, out_
         for axis, centre in ((0, 5), (1, 6), (2, 7)):
             coordinate = builder.load(builder.bitcast(cgutils.gep(builder, data(axis), start_), vector.as_pointer()),
                                       align=8)
-            delta = builder.fsub(splat(scalar(centre), vector), coordinate)
+            delta = builder.fsub(_splat(builder, scalar(centre), vector), coordinate)
             term = builder.fmul(delta, delta)
             squared = term if squared is None else builder.fadd(squared, term)
-        first = builder.trunc(start_, i32)
-        index_lanes = builder.add(splat(first, indices), ir.Constant(indices, list(range(lanes))))
-        keep = builder.and_(builder.fcmp_ordered("<", squared, splat(scalar(8), vector)),
-                            builder.icmp_signed("<", index_lanes, splat(builder.trunc(end_, i32), indices)))
+        index_lanes = _lane_numbers(builder, start_, lanes)
+        keep = builder.and_(builder.fcmp_ordered("<", squared, _splat(builder, scalar(8), vector)),
+                            builder.icmp_signed("<", index_lanes, _splat(builder, builder.trunc(end_, i32), indices)))
         index_target = cgutils.gep(builder, data(9), slot_)
         if targets_vector_compression():
             pack = cgutils.get_or_insert_function(builder.module, ir.FunctionType(indices, [indices, indices, mask_type]),
@@ -181,12 +193,9 @@ def compress_within(typingctx, xs, ys, zs, start, end, x, y, z, threshold2, out_
                 f"llvm.masked.compressstore.v{lanes}i32")
             builder.call(store, [index_lanes, index_target, keep])
         code_ = builder.trunc(context.cast(builder, args[12], sig.args[12], types.intp), i8)
-        builder.store(splat(code_, codes), builder.bitcast(cgutils.gep(builder, data(10), slot_), codes.as_pointer()),
-                      align=1)
-        count_bits = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.IntType(lanes), [ir.IntType(lanes)]), f"llvm.ctpop.i{lanes}")
-        kept = builder.call(count_bits, [builder.bitcast(keep, ir.IntType(lanes))])
-        return builder.add(slot_, builder.zext(kept, intp))
+        builder.store(_splat(builder, code_, codes),
+                      builder.bitcast(cgutils.gep(builder, data(10), slot_), codes.as_pointer()), align=1)
+        return _slot_after(builder, slot_, keep, intp)
 
     return signature, codegen
 
@@ -264,11 +273,7 @@ def lanes_splat(typingctx, value):
         return None
 
     def codegen(context, builder, sig, args):
-        x = context.cast(builder, args[0], sig.args[0], types.float64)
-        out = ir.Constant(_VECTOR, ir.Undefined)
-        for lane in range(LANES):
-            out = builder.insert_element(out, x, ir.Constant(ir.IntType(32), lane))
-        return out
+        return _splat(builder, context.cast(builder, args[0], sig.args[0], types.float64), _VECTOR)
 
     return lanes(value), codegen
 
