@@ -24,7 +24,12 @@ its neighbours j, l within r_3) run in more passes that are race-free and thread
 the same way:
 
 1. the pair pass also files every pair inside r_3 in a short *full* list of both atoms (a pair is
-   visited once, so it writes both rows, like its forces);
+   visited once, so it writes both rows, like its forces). Over a list each entry is the other atom
+   and the pair's image code from the row's end, one 4-byte word, and each centre measures its
+   neighbours again from the positions: at 96,000 atoms of the learned water, filing the unit vectors
+   and distances in both rows, far apart in memory, took 30 % of the pass, and this ~23 % less time for
+   the whole pass (one thread; 25 % on two). A small box of every pair files the unit vectors,
+   distances and their inverses, which its centres read (measuring again took them longer there);
 2. each centre k sums its triplets: its own force and loss, and minus the gradient on each of its
    neighbours, added to that neighbour's force. A neighbour within r_3 sits in k's x-layer of cells or
    in one beside it, so the centres run layer by layer in phases of layers three or more apart, the
@@ -40,7 +45,7 @@ the gradients straight to the forces takes 5–6 % less time for the tabulated m
 to gather in a third pass, as the full-list pass still does.
 
 The short list holds ~14 atoms per row for water at r_3 = 3.2 Å, against ~85 in a full list at the
-pair cutoff plus skin; it is rebuilt every step (its distances are the pair pass's), so no skin.
+pair cutoff plus skin; it is rebuilt every step (its pairs are the pair pass's), so no skin.
 
 Each atom k gets its own loss ``H_k = Σ_j u(r_kj)`` — the agent's view of the model: m_k q̈_k =
 −∂H_{A_k}/∂q_k summed over the pair terms it shares — plus, with three-body terms, every ``w``
@@ -66,6 +71,7 @@ import numpy as np
 from numba import prange
 
 from simulate import partition, topology
+from simulate.errors import MldError
 from simulate.kernels import (
     MAX_COS_DEGREE,
     check_separable_triplets,
@@ -83,10 +89,12 @@ from simulate.simd import (
     lane_sum,
     lane_sums,
     lanes_add,
+    lanes_div,
     lanes_load,
     lanes_mul,
     lanes_muladd,
     lanes_splat,
+    lanes_sqrt,
     lanes_store,
     lanes_sub,
 )
@@ -128,6 +136,11 @@ SWEEP_PARALLEL_MIN_ATOMS = 40_000
 # whether a small box's pair pass keeps its pairs by vector compression (see simulate.simd); loops made
 # later read it, which a test uses to compare both ways
 COMPRESS_ALL_PAIRS = NATIVE_COMPRESS
+# a short row's entry in the half-list pass over a list: (atom << CODE_BITS) | the image code of the pair from
+# the row's atom (see partition.NeighborList; 27 codes): one 4-byte store per end of a pair
+CODE_BITS = 5
+CODE_MASK = (1 << CODE_BITS) - 1
+MAX_CODED_ATOMS = 1 << (31 - CODE_BITS)
 
 
 @numba.njit(cache=True)
@@ -420,7 +433,8 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
     bonded = topology.make_bonded_loop(intra_pair_energy_force if with_bonds else _no_pair, pair_energy_force)
 
     @numba.njit(inline="always")
-    def centre_rows(first, last, types, nb3, d3, cnt3, grad3, forces, loss, virial, energy3, with_energy, scatter):
+    def centre_rows(first, last, types, nb3, d3, cnt3, grad3, at, shifts, coded, forces, loss, virial, energy3,
+                    with_energy, scatter):
         """The centres ``first`` to ``last`` − 1 of the three-body pass, with their scratch rows; each centre
         k writes its own force, loss, virial and energy (``energy3[k]``) and, with ``scatter``, minus the
         gradient on each neighbour to that neighbour's row of ``forces`` (the half-list pass runs the
@@ -449,7 +463,9 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
         (:mod:`simulate.simd`): the short row is copied into rows of lanes, one per coordinate, leg and
         slope, each species' run padded with zeros to a multiple of four (a pad adds zero to every
         moment and has a zero gradient), each moment summed in four partial sums added in a fixed order,
-        so the numbers do not depend on the thread count or the pass. The copy into lanes, with each
+        so the numbers do not depend on the thread count or the pass. A ``coded`` row (atoms and image
+        codes) goes into the lanes as vectors to the neighbours, whose lengths and directions are then
+        taken four at a time (a pad measured as (1, 0, 0): finite, with zero legs). The copy into lanes, with each
         neighbour's legs looked up (its two legs and their slopes in lanes, see :mod:`simulate.tabulate`),
         and the scatter of the gradients to the neighbours' forces stay one neighbour at a time. With the
         neighbours put in order by one branch-free compaction per species (a counting sort's counters in
@@ -487,12 +503,37 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
         adjoint = np.empty((n_species * n_species, MOMENT_WIDTH))  # [b·S + c, q], as the moments
         diag = np.empty(n_species)
         perm = np.empty(0 if with_moments else rows, dtype=np.int64)
+        # ``coded`` (the half-list pass over a list): a short row holds atoms and image codes only, and each
+        # centre measures its neighbours again (see the pass), in the moments' lanes or in ``here``; else
+        # the row holds their unit vectors, distances and inverse distances, ``d3[k]``
+        here = np.empty((1, rows if coded and not with_moments else 0, 5))
+        row_d = here if coded else d3
+        code_bits = CODE_BITS if coded else 0  # a coded entry is (atom << CODE_BITS) | image code
         zero = lanes_splat(0.0)
+        one = lanes_splat(1.0)
         two = lanes_splat(2.0)
         three = lanes_splat(3.0)
         for k in range(first, last):
             m = cnt3[k]
             tk = types[k]
+            kk = 0 if coded else k  # k's row of row_d
+            # the vector from k to neighbour j of image code c: x_j − x_k + shift(c), exactly minus the pair
+            # pass's displacement of the pair (so its r² bit for bit) from either end
+            xk, yk, zk = at[k, 0], at[k, 1], at[k, 2]
+            if coded and not with_moments:
+                for a in range(m):
+                    j = nb3[k, a] >> CODE_BITS
+                    c = nb3[k, a] & CODE_MASK
+                    vx = at[j, 0] - xk + shifts[c, 0]
+                    vy = at[j, 1] - yk + shifts[c, 1]
+                    vz = at[j, 2] - zk + shifts[c, 2]
+                    r = math.sqrt(vx * vx + vy * vy + vz * vz)
+                    inv_r = 1.0 / r
+                    here[0, a, 0] = vx * inv_r
+                    here[0, a, 1] = vy * inv_r
+                    here[0, a, 2] = vz * inv_r
+                    here[0, a, 3] = r
+                    here[0, a, 4] = inv_r
             if with_moments:
                 # the neighbours by species, in order: a compaction per species writes every neighbour's slot
                 # and moves past those of its species (no branch, and no counter in memory whose every
@@ -504,23 +545,45 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                     s = start[b]
                     for a in range(m):
                         source[s] = a
-                        s += types[nb3[k, a]] == b
+                        s += types[nb3[k, a] >> code_bits] == b
                     fill[b] = s
                     start[b + 1] = start[b] + (s - start[b] + LANES - 1) // LANES * LANES
                 for b in range(n_species):
                     for s in range(start[b], fill[b]):
                         a = source[s]
-                        for i in range(5):
-                            by_lane[i, s] = d3[k, a, i]
-                        r = d3[k, a, 3]
+                        if coded:
+                            j = nb3[k, a] >> CODE_BITS
+                            c = nb3[k, a] & CODE_MASK
+                            by_lane[0, s] = at[j, 0] - xk + shifts[c, 0]
+                            by_lane[1, s] = at[j, 1] - yk + shifts[c, 1]
+                            by_lane[2, s] = at[j, 2] - zk + shifts[c, 2]
+                        else:
+                            for i in range(5):
+                                by_lane[i, s] = row_d[kk, a, i]
+                    for s in range(fill[b], start[b + 1]):
+                        for i in range(GX):
+                            by_lane[i, s] = 0.0  # a pad: no leg, no direction, no gradient
+                        by_lane[0, s] = 1.0 if coded else 0.0  # (measured as (1, 0, 0): r = 1, finite)
+                    if coded:
+                        # their distances and unit vectors, four at a time
+                        for s in range(start[b], start[b + 1], LANES):
+                            vx = lanes_load(by_lane, 0, s)
+                            vy = lanes_load(by_lane, 1, s)
+                            vz = lanes_load(by_lane, 2, s)
+                            r = lanes_sqrt(lanes_muladd(vz, vz, lanes_muladd(vy, vy, lanes_mul(vx, vx))))
+                            inv_r = lanes_div(one, r)
+                            lanes_store(by_lane, 0, s, lanes_mul(vx, inv_r))
+                            lanes_store(by_lane, 1, s, lanes_mul(vy, inv_r))
+                            lanes_store(by_lane, 2, s, lanes_mul(vz, inv_r))
+                            lanes_store(by_lane, 3, s, r)
+                            lanes_store(by_lane, 4, s, inv_r)
+                    for s in range(start[b], fill[b]):
+                        r = by_lane[3, s]
                         for c in range(0, n_species, 2):
                             by_lane[RAD + c, s], by_lane[DRAD + c, s], other, d_other = radial_two(tk, b, c, r)
                             if c + 1 < n_species:
                                 by_lane[RAD + c + 1, s] = other
                                 by_lane[DRAD + c + 1, s] = d_other
-                    for s in range(fill[b], start[b + 1]):
-                        for i in range(GX):
-                            by_lane[i, s] = 0.0  # a pad: no leg, no direction, no gradient
                 # the moments T_b|c of each species b, four neighbours at a time in lanes: R û^⊗n, n ≤
                 # degree, in the distinct components (see _SYMMETRIC_POWERS)
                 for b in range(n_species):
@@ -682,7 +745,7 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                         gy = by_lane[GX + 1, s]
                         gz = by_lane[GX + 2, s]
                         if scatter:
-                            q = nb3[k, source[s]]
+                            q = nb3[k, source[s]] >> code_bits
                             forces[q, 0] -= gx
                             forces[q, 1] -= gy
                             forces[q, 2] -= gz
@@ -701,9 +764,9 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                     grad3[k, a, 1] = 0.0
                     grad3[k, a, 2] = 0.0
                     # insertion sort by species: m is a dozen or so
-                    t = types[nb3[k, a]]
+                    t = types[nb3[k, a] >> code_bits]
                     b = a
-                    while b > 0 and types[nb3[k, perm[b - 1]]] > t:
+                    while b > 0 and types[nb3[k, perm[b - 1]] >> code_bits] > t:
                         perm[b] = perm[b - 1]
                         b -= 1
                     perm[b] = a
@@ -711,16 +774,18 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                 wv = 0.0
                 for a in range(m):
                     sa = perm[a]
-                    tj = types[nb3[k, sa]]
-                    ax, ay, az, r1, ir1 = d3[k, sa, 0], d3[k, sa, 1], d3[k, sa, 2], d3[k, sa, 3], d3[k, sa, 4]
+                    tj = types[nb3[k, sa] >> code_bits]
+                    ax, ay, az = row_d[kk, sa, 0], row_d[kk, sa, 1], row_d[kk, sa, 2]
+                    r1, ir1 = row_d[kk, sa, 3], row_d[kk, sa, 4]
                     gjx = 0.0
                     gjy = 0.0
                     gjz = 0.0
                     for b in range(a + 1, m):
                         sb = perm[b]
-                        bx, by, bz, r2, ir2 = d3[k, sb, 0], d3[k, sb, 1], d3[k, sb, 2], d3[k, sb, 3], d3[k, sb, 4]
+                        bx, by, bz = row_d[kk, sb, 0], row_d[kk, sb, 1], row_d[kk, sb, 2]
+                        r2, ir2 = row_d[kk, sb, 3], row_d[kk, sb, 4]
                         cos = ax * bx + ay * by + az * bz
-                        w, g1, g2, gc = triplet(tk, tj, types[nb3[k, sb]], r1, r2, cos)
+                        w, g1, g2, gc = triplet(tk, tj, types[nb3[k, sb] >> code_bits], r1, r2, cos)
                         e += w
                         hj = gc * ir1
                         hl = gc * ir2
@@ -750,7 +815,7 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                     fy += grad3[k, a, 1]
                     fz += grad3[k, a, 2]
                     if scatter:
-                        q = nb3[k, a]
+                        q = nb3[k, a] >> code_bits
                         forces[q, 0] -= grad3[k, a, 0]
                         forces[q, 1] -= grad3[k, a, 1]
                         forces[q, 2] -= grad3[k, a, 2]
@@ -846,6 +911,7 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                 for b in prange(per_phase):
                     block = 2 * b + phase
                     near_j = np.empty(width, dtype=np.uint32)  # scratch rows, one per block
+                    near_c = np.empty(0 if all_pairs else width, dtype=np.uint8)  # the kept pairs' image codes
                     near_d = np.empty((4, width))  # the kept pairs' dx, dy, dz, r², a row each
                     near_x, near_y, near_z, near_r = near_d[0], near_d[1], near_d[2], near_d[3]
                     first = block_start[block]
@@ -920,6 +986,7 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                                 dz = zi - cell_positions[j, 2] - shifts[c, 2]
                                 r2 = dx * dx + dy * dy + dz * dz
                                 near_j[m] = j
+                                near_c[m] = c
                                 near_x[m] = dx
                                 near_y[m] = dy
                                 near_z[m] = dz
@@ -936,28 +1003,35 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                             dx, dy, dz, r2 = near_x[slot], near_y[slot], near_z[slot], near_r[slot]
                             if with_triplets:
                                 if r2 < r32:
-                                    # the pair into both short rows, each with the unit vector from its atom
-                                    # to the other, r and 1/r: the triplet loop then needs no division
-                                    r = math.sqrt(r2)
+                                    # the pair into both short rows: the other atom, and in a list its image
+                                    # code from each end (26 − c is the code of the opposite shift), for
+                                    # each centre to measure again (see centre_rows); in a small box of
+                                    # every pair, by minimum image, the unit vector from each end, r and 1/r
                                     ta = cnt3[p]
                                     tb = cnt3[j]
-                                    if ta < nb3.shape[1] and tb < nb3.shape[1]:
-                                        inv_r = 1.0 / r
-                                        ux = dx * inv_r
-                                        uy = dy * inv_r
-                                        uz = dz * inv_r
-                                        nb3[p, ta] = j
-                                        d3[p, ta, 0] = -ux
-                                        d3[p, ta, 1] = -uy
-                                        d3[p, ta, 2] = -uz
-                                        d3[p, ta, 3] = r
-                                        d3[p, ta, 4] = inv_r
-                                        nb3[j, tb] = p
-                                        d3[j, tb, 0] = ux
-                                        d3[j, tb, 1] = uy
-                                        d3[j, tb, 2] = uz
-                                        d3[j, tb, 3] = r
-                                        d3[j, tb, 4] = inv_r
+                                    if ta < capacity3 and tb < capacity3:
+                                        if all_pairs:
+                                            nb3[p, ta] = j
+                                            nb3[j, tb] = p
+                                            r = math.sqrt(r2)
+                                            inv_r = 1.0 / r
+                                            ux = dx * inv_r
+                                            uy = dy * inv_r
+                                            uz = dz * inv_r
+                                            d3[p, ta, 0] = -ux
+                                            d3[p, ta, 1] = -uy
+                                            d3[p, ta, 2] = -uz
+                                            d3[p, ta, 3] = r
+                                            d3[p, ta, 4] = inv_r
+                                            d3[j, tb, 0] = ux
+                                            d3[j, tb, 1] = uy
+                                            d3[j, tb, 2] = uz
+                                            d3[j, tb, 3] = r
+                                            d3[j, tb, 4] = inv_r
+                                        else:
+                                            c = np.int32(near_c[slot])
+                                            nb3[p, ta] = (np.int32(j) << CODE_BITS) | c
+                                            nb3[j, tb] = (np.int32(p) << CODE_BITS) | (26 - c)
                                     cnt3[p] = ta + 1
                                     cnt3[j] = tb + 1
                                 if r2 >= rc2:
@@ -1012,8 +1086,9 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                         for t in prange(phase_start[phase + 1] - before):
                             h = task_out[before + t]
                             out = forces if h < 0 else own_forces[h]
-                            centre_rows(task_first[before + t], task_last[before + t], cell_types, nb3, d3, cnt3,
-                                        grad3, out, loss, virial, energy3, with_energy, True)
+                            centre_rows(task_first[before + t], task_last[before + t], cell_types, nb3, d3,
+                                        cnt3, grad3, cell_positions, shifts, not all_pairs, out, loss, virial, energy3,
+                                        with_energy, True)
                     for h in range(n_own):
                         for p in range(n):
                             for d in range(3):
@@ -1141,8 +1216,8 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                 energy3 = np.empty(n)
                 for c in prange((n + TRIPLET_CHUNK - 1) // TRIPLET_CHUNK):
                     first = c * TRIPLET_CHUNK
-                    centre_rows(first, min(n, first + TRIPLET_CHUNK), types, nb3, d3, cnt3, grad3, forces, loss,
-                                virial, energy3, True, False)
+                    centre_rows(first, min(n, first + TRIPLET_CHUNK), types, nb3, d3, cnt3, grad3, positions,
+                                shifts, False, forces, loss, virial, energy3, True, False)
                 for k in range(n):
                     energy += energy3[k]
                 for p in prange(n):
@@ -1226,18 +1301,22 @@ def workspace(loops: ForceLoops, n_atoms: int, box: np.ndarray, capacity3: int =
     """Scratch arrays for the force functions of ``loops``, kept and reused per atom count.
 
     (cell-ordered positions, types, forces, loss, virial, nearest², then the short three-body rows:
-    atoms, slot in the other row (filed by the full-list pass only), (unit vector, r, 1/r), gradients,
-    counts, then the intramolecular pairs (i, j) of a molecular model: ``bonded_pairs``, empty by
+    atoms (in the half-list pass over a list, with their image codes, see CODE_BITS), slot in the other
+    row (filed by the full-list pass only), (unit vector, r, 1/r) (not filed by the half-list pass over a
+    list), gradients, counts, then the intramolecular pairs (i, j) of a molecular model: ``bonded_pairs``, empty by
     default). ``capacity3`` asks for rows at least that wide.
     """
     rows = 1
     if loops.threebody_cutoff_angstrom > 0:
+        if n_atoms >= MAX_CODED_ATOMS:
+            raise MldError(f"{n_atoms} atoms: a three-body model runs up to {MAX_CODED_ATOMS - 1} atoms "
+                           f"(a short row's entry holds the atom and its image code in 32 bits)")
         rows = max(capacity3, triplet_capacity(n_atoms, box, loops.threebody_cutoff_angstrom))
     work = loops.workspaces.get(n_atoms)
     if work is None or work[6].shape[1] < rows:
         n = n_atoms
         work = (np.empty((n, 3)), np.empty(n, dtype=np.int64), np.empty((n, 3)), np.empty(n), np.empty(n),
-                np.empty(n), np.empty((n, rows), dtype=np.int64), np.empty((n, rows), dtype=np.int64),
+                np.empty(n), np.empty((n, rows), dtype=np.int32), np.empty((n, rows), dtype=np.int64),
                 np.empty((n, rows, 5)), np.empty((n, rows, 3)), np.empty(n, dtype=np.int64))
         loops.workspaces.clear()  # one size at a time: a run keeps its atom count
         loops.workspaces[n_atoms] = work

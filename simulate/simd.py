@@ -296,6 +296,20 @@ def _lanes_binary(operation: str, doc: str):
 lanes_add = _lanes_binary("fadd", "x + y, lane by lane.")
 lanes_sub = _lanes_binary("fsub", "x − y, lane by lane.")
 lanes_mul = _lanes_binary("fmul", "x · y, lane by lane.")
+lanes_div = _lanes_binary("fdiv", "x / y, lane by lane (correctly rounded, as the scalar division).")
+
+
+@intrinsic
+def lanes_sqrt(typingctx, x):
+    """√x, lane by lane (``llvm.sqrt``: correctly rounded, as ``math.sqrt``)."""
+    if x != lanes:
+        return None
+
+    def codegen(context, builder, sig, args):
+        sqrt = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VECTOR, [_VECTOR]), f"llvm.sqrt.v{LANES}f64")
+        return builder.call(sqrt, args)
+
+    return lanes(lanes), codegen
 
 
 @intrinsic

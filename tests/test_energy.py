@@ -77,6 +77,23 @@ def test_three_body_forces_equal_brute_force(name):
     assert abs(result.energy_ev - pair_only.energy_ev) > 1e-3  # the triplet term is really there
 
 
+@pytest.mark.parametrize("name", ["sw_triplet.py", "separable_triplet.py"])
+def test_three_body_forces_from_a_cell_list_equal_brute_force_across_the_box_faces(name):
+    # a box with a cell list: each short row holds atoms and image codes, and each centre measures its
+    # neighbours again (triplet by triplet or by moments); atoms unwrapped by random box multiples, so
+    # that a pair's image code, from either end, is what gives its distance
+    kernel = load_kernel_module(EXAMPLES / name)
+    species, positions, box, _ = water32_frame()
+    positions, species, box = setup.replicate(positions, species, box, (3, 2, 2))
+    rng = np.random.default_rng(11)
+    positions = positions + rng.integers(-2, 3, positions.shape) * box
+    neighbors = partition.neighbor_list(positions, box, energy.interaction_cutoff_angstrom(kernel), 1.0, half=True)
+    assert neighbors.cells_per_side != (1, 1, 1) and neighbors.neighbors.shape[1] > 0  # a list, not every pair
+    result = assert_matches_reference(kernel, species, positions, box)
+    pair_only = forces_of(load_kernel_module(EXAMPLES / "morse_water.py"), species, positions, box)
+    assert abs(result.energy_ev - pair_only.energy_ev) > 1e-2  # the triplet term is really there
+
+
 @pytest.mark.parametrize("name", ["morse_water.py", "sw_triplet.py", "separable_triplet.py"])
 def test_forces_are_minus_the_energy_gradient(name):
     kernel = load_kernel_module(EXAMPLES / name)

@@ -94,7 +94,7 @@ def test_the_pair_pass_with_compression_is_bit_for_bit_the_plain_one(model, monk
 
 @numba.njit
 def _lanes_program(rows, out):
-    """Every lane operation once: rows 0–2 of ``rows`` in, ``out`` rows 0–5 and the sums back."""
+    """Every lane operation once: rows 0–2 of ``rows`` in, ``out`` rows 0–7 and the sums back."""
     x = simd.lanes_load(rows, 0, 2)  # from a column that is not a multiple of four
     y = simd.lanes_load(rows, 1, 2)
     z = simd.lanes_load(rows, 2, 2)
@@ -104,6 +104,8 @@ def _lanes_program(rows, out):
     simd.lanes_store(out, 3, 0, simd.lanes_muladd(x, y, z))
     simd.lanes_store(out, 4, 1, simd.lanes_splat(rows[0, 0]))
     simd.lanes_store(out, 5, 0, simd.lane_sums(x, y, z, simd.lanes_mul(x, z)))
+    simd.lanes_store(out, 6, 0, simd.lanes_div(x, y))
+    simd.lanes_store(out, 7, 0, simd.lanes_sqrt(simd.lanes_mul(y, y)))
     parts = (simd.lane(x, 0), simd.lane(x, 1), simd.lane(x, 2), simd.lane(x, 3))
     return simd.lane_sum(x), parts
 
@@ -111,7 +113,7 @@ def _lanes_program(rows, out):
 def test_lane_operations_are_the_numbers_of_their_scalar_counterparts():
     rng = np.random.default_rng(5)
     rows = rng.normal(size=(3, 7)) * np.array([[1.0], [1e8], [1e-8]])
-    out = np.full((6, 5), 7.0)
+    out = np.full((8, 5), 7.0)
     total, parts = _lanes_program(rows, out)
     x, y, z = rows[0, 2:6], rows[1, 2:6], rows[2, 2:6]
     assert np.array_equal(out[0, :4], x + y)
@@ -128,6 +130,9 @@ def test_lane_operations_are_the_numbers_of_their_scalar_counterparts():
         return (v[0] + v[1]) + (v[2] + v[3])
 
     assert np.array_equal(out[5, :4], [fixed_order(x), fixed_order(y), fixed_order(z), fixed_order(x * z)])
+    # division and square root round correctly, as the scalar ones do
+    assert np.array_equal(out[6, :4], x / y)
+    assert np.array_equal(out[7, :4], np.sqrt(y * y))
 
 
 def _fused(a: float, b: float, c: float) -> float:
