@@ -911,7 +911,8 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                 for b in prange(per_phase):
                     block = 2 * b + phase
                     near_j = np.empty(width, dtype=np.uint32)  # scratch rows, one per block
-                    near_c = np.empty(0 if all_pairs else width, dtype=np.uint8)  # the kept pairs' image codes
+                    # the kept pairs' image codes, for the short three-body rows over a list
+                    near_c = np.empty(width if with_triplets and not all_pairs else 0, dtype=np.uint8)
                     near_d = np.empty((4, width))  # the kept pairs' dx, dy, dz, r², a row each
                     near_x, near_y, near_z, near_r = near_d[0], near_d[1], near_d[2], near_d[3]
                     first = block_start[block]
@@ -986,7 +987,8 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                                 dz = zi - cell_positions[j, 2] - shifts[c, 2]
                                 r2 = dx * dx + dy * dy + dz * dz
                                 near_j[m] = j
-                                near_c[m] = c
+                                if with_triplets:
+                                    near_c[m] = c
                                 near_x[m] = dx
                                 near_y[m] = dy
                                 near_z[m] = dz

@@ -14,6 +14,7 @@ import pytest
 
 from discover import codegen
 from simulate import energy, integrate, md, partition, setup, tabulate, topology
+from simulate.errors import MldError
 from simulate.kernels import is_molecular, load_kernel_module
 from tests.export_support import generated_kernels, manybody_water_model
 from tests.kernel_examples.starting_frames import argon_fcc, water32_frame
@@ -289,6 +290,15 @@ def test_short_three_body_rows_that_overflow_are_widened_not_truncated(manybody,
     e_ref, f_ref, _ = manybody.energy_forces(positions, types, box)
     assert result.energy_ev == pytest.approx(e_ref, rel=1e-12)
     np.testing.assert_allclose(result.forces_ev_per_angstrom, f_ref, rtol=1e-10, atol=1e-10)
+
+
+def test_a_three_body_model_refuses_more_atoms_than_a_short_row_entry_can_name(manybody):
+    # an entry of a short row holds the atom and its image code in one 32-bit word
+    loops = energy.force_loops(manybody)
+    box = np.full(3, 1000.0)
+    with pytest.raises(MldError, match="a three-body model runs up to"):
+        energy.workspace(loops, energy.MAX_CODED_ATOMS, box)
+    assert (energy.MAX_CODED_ATOMS - 1) << energy.CODE_BITS | 26 < 2**31  # the largest entry fits
 
 
 @pytest.fixture(scope="module")
