@@ -119,8 +119,8 @@ class ForceResult(NamedTuple):
 # kernel feeds both its energy and its force (the promise the flag makes; triplet by triplet, the energies
 # are summed in the forces-only pass too, see centre_rows, so a fused triplet law fuses alike in both;
 # by moments, the energy is a sum apart from the forces). Other modules run unfused, but for the moment
-# sums in lanes (see centre_rows), whose multiply-adds are LLVM's fmuladd, fused wherever the CPU has FMA:
-# they are the same code in every pass.
+# sums in lanes and a coded row's distances (see centre_rows), whose multiply-adds are LLVM's fmuladd,
+# fused wherever the CPU has FMA: they are the same code in every pass.
 CONTRACT = {"contract"}
 ROWS_AHEAD = 4  # how far ahead the pair pass prefetches its list rows
 TRIPLET_CHUNK = 32  # centres per parallel task of the full-list three-body pass
@@ -465,8 +465,8 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
         moment and has a zero gradient), each moment summed in four partial sums added in a fixed order,
         so the numbers do not depend on the thread count or the pass. A ``coded`` row (atoms and image
         codes) goes into the lanes as vectors to the neighbours, whose lengths and directions are then
-        taken four at a time (a pad measured as (1, 0, 0): finite, with zero legs). The copy into lanes, with each
-        neighbour's legs looked up (its two legs and their slopes in lanes, see :mod:`simulate.tabulate`),
+        taken four at a time (a pad measured as (1, 0, 0): finite, with zero legs). The copy into lanes,
+        with each neighbour's legs looked up (its two legs and their slopes in lanes, see :mod:`simulate.tabulate`),
         and the scatter of the gradients to the neighbours' forces stay one neighbour at a time. With the
         neighbours put in order by one branch-free compaction per species (a counting sort's counters in
         memory made every neighbour wait for the last), the forces-only pass of the 96-atom tabulated
@@ -518,7 +518,7 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
             tk = types[k]
             kk = 0 if coded else k  # k's row of row_d
             # the vector from k to neighbour j of image code c: x_j − x_k + shift(c), exactly minus the pair
-            # pass's displacement of the pair (so its r² bit for bit) from either end
+            # pass's displacement of the pair, whichever atom's row it is in
             xk, yk, zk = at[k, 0], at[k, 1], at[k, 2]
             if coded and not with_moments:
                 for a in range(m):
@@ -1288,7 +1288,8 @@ def triplet_capacity(n_atoms: int, box: np.ndarray, cutoff3_angstrom: float) -> 
     """A first width for the short three-body rows: 1.25× the atoms expected within r_3, plus 8.
 
     Only the memory depends on it (a row that overflows is widened and the forces are computed
-    again), and at 10⁵ atoms the rows take 64 bytes per slot.
+    again): 76 bytes per slot are set aside, of which the half-list pass over a list writes 4 (see
+    CODE_BITS), and pages never written take no memory.
     """
     if cutoff3_angstrom <= 0:
         return 1
@@ -1305,8 +1306,8 @@ def workspace(loops: ForceLoops, n_atoms: int, box: np.ndarray, capacity3: int =
     (cell-ordered positions, types, forces, loss, virial, nearest², then the short three-body rows:
     atoms (in the half-list pass over a list, with their image codes, see CODE_BITS), slot in the other
     row (filed by the full-list pass only), (unit vector, r, 1/r) (not filed by the half-list pass over a
-    list), gradients, counts, then the intramolecular pairs (i, j) of a molecular model: ``bonded_pairs``, empty by
-    default). ``capacity3`` asks for rows at least that wide.
+    list), gradients, counts, then the intramolecular pairs (i, j) of a molecular model:
+    ``bonded_pairs``, empty by default). ``capacity3`` asks for rows at least that wide.
     """
     rows = 1
     if loops.threebody_cutoff_angstrom > 0:

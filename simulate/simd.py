@@ -306,7 +306,8 @@ def lanes_sqrt(typingctx, x):
         return None
 
     def codegen(context, builder, sig, args):
-        sqrt = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VECTOR, [_VECTOR]), f"llvm.sqrt.v{LANES}f64")
+        sqrt = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VECTOR, [_VECTOR]),
+                                              f"llvm.sqrt.v{LANES}f64")
         return builder.call(sqrt, args)
 
     return lanes(lanes), codegen

@@ -184,17 +184,21 @@ def test_forces_from_a_list_built_before_the_atoms_moved_equal_brute_force(morse
 # --- separable three-body laws: moments ------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("half", "parallel"), [(True, True), (False, False)])
-def test_separable_triplets_summed_by_moments_equal_the_triplet_by_triplet_sums(half, parallel):
+# 192 atoms: a half pass over every pair (short rows of unit vectors); 1152: over a cell list (short rows
+# of atoms and image codes, measured again by each centre, its padded lanes included)
+@pytest.mark.parametrize(("half", "parallel", "repeats"),
+                         [(True, True, (2, 1, 1)), (True, False, (3, 2, 2)), (False, False, (2, 1, 1))])
+def test_separable_triplets_summed_by_moments_equal_the_triplet_by_triplet_sums(half, parallel, repeats):
     # the moment pass (O(M) per centre) against the triplet loop (O(M²)) on the same list: a cubic in
     # cos θ, radial factors that depend on the other neighbour's species, every species triple
     kernel = load_kernel_module(EXAMPLES / "separable_triplet.py")
     species, positions, box, _ = water32_frame()
-    positions, species, box = setup.replicate(positions, species, box, (2, 1, 1))
+    positions, species, box = setup.replicate(positions, species, box, repeats)
     positions = positions + np.random.default_rng(3).normal(0.0, 0.05, positions.shape)
     types = atom_types(kernel, species)
     cutoff = energy.interaction_cutoff_angstrom(kernel)
     neighbors = partition.neighbor_list(positions, box, cutoff, 1.0, half=half)
+    assert (neighbors.neighbors.shape[1] == 0) == (half and len(positions) <= partition.ALL_PAIRS_MAX_ATOMS)
     outputs = []
     for moments in (True, False):
         loops = energy.force_loops(kernel, triplet_moments=moments)

@@ -105,7 +105,7 @@ def _lanes_program(rows, out):
     simd.lanes_store(out, 4, 1, simd.lanes_splat(rows[0, 0]))
     simd.lanes_store(out, 5, 0, simd.lane_sums(x, y, z, simd.lanes_mul(x, z)))
     simd.lanes_store(out, 6, 0, simd.lanes_div(x, y))
-    simd.lanes_store(out, 7, 0, simd.lanes_sqrt(simd.lanes_mul(y, y)))
+    simd.lanes_store(out, 7, 0, simd.lanes_sqrt(simd.lanes_add(simd.lanes_mul(x, x), simd.lanes_mul(z, z))))
     parts = (simd.lane(x, 0), simd.lane(x, 1), simd.lane(x, 2), simd.lane(x, 3))
     return simd.lane_sum(x), parts
 
@@ -132,7 +132,7 @@ def test_lane_operations_are_the_numbers_of_their_scalar_counterparts():
     assert np.array_equal(out[5, :4], [fixed_order(x), fixed_order(y), fixed_order(z), fixed_order(x * z)])
     # division and square root round correctly, as the scalar ones do
     assert np.array_equal(out[6, :4], x / y)
-    assert np.array_equal(out[7, :4], np.sqrt(y * y))
+    assert np.array_equal(out[7, :4], np.sqrt(x * x + z * z))
 
 
 def _fused(a: float, b: float, c: float) -> float:
