@@ -137,8 +137,8 @@ SWEEP_PARALLEL_MIN_ATOMS = 40_000
 # later read it, which a test uses to compare both ways
 COMPRESS_ALL_PAIRS = NATIVE_COMPRESS
 # a short row's entry in the half-list pass over a list: (atom << CODE_BITS) | the image code of the pair from
-# the row's atom (see partition.NeighborList; 27 codes): one 4-byte store per end of a pair
-CODE_BITS = 5
+# the row's atom (see partition.NeighborList; 27 codes, so 5 bits): one 4-byte store per end of a pair
+CODE_BITS = (len(partition.IMAGE_SHIFTS) - 1).bit_length()
 CODE_MASK = (1 << CODE_BITS) - 1
 MAX_CODED_ATOMS = 1 << (31 - CODE_BITS)
 
@@ -1006,7 +1006,7 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                             if with_triplets:
                                 if r2 < r32:
                                     # the pair into both short rows: the other atom, and in a list its image
-                                    # code from each end (26 − c is the code of the opposite shift), for
+                                    # code from each end (see partition.opposite_image_code), for
                                     # each centre to measure again (see centre_rows); in a small box of
                                     # every pair, by minimum image, the unit vector from each end, r and 1/r
                                     ta = cnt3[p]
@@ -1033,7 +1033,8 @@ def _make_loops(pair_energy_force, triplet_energy_gradient=None, intra_pair_ener
                                         else:
                                             c = np.int32(near_c[slot])
                                             nb3[p, ta] = (np.int32(j) << CODE_BITS) | c
-                                            nb3[j, tb] = (np.int32(p) << CODE_BITS) | (26 - c)
+                                            back = partition.opposite_image_code(c)
+                                            nb3[j, tb] = (np.int32(p) << CODE_BITS) | back
                                     cnt3[p] = ta + 1
                                     cnt3[j] = tb + 1
                                 if r2 >= rc2:

@@ -156,6 +156,12 @@ def _image_code(a, b, c):
     return 9 * (a + 1) + 3 * (b + 1) + (c + 1)
 
 
+@numba.njit(inline="always")
+def opposite_image_code(code):
+    """The code of the opposite shift, (−a, −b, −c) for (a, b, c): a pair's image code seen from its other atom."""
+    return len(IMAGE_SHIFTS) - 1 - code
+
+
 @numba.njit
 def image_shifts_angstrom(box):
     """(27, 3) Å: the shift of each image code (see NeighborList) in a box of lengths ``box``."""

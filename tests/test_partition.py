@@ -221,3 +221,19 @@ def test_the_half_list_search_by_vector_compression_is_the_plain_search_entry_fo
     counts = built[0][1]
     assert counts.max() > 8
     assert (counts.max() >= capacity) == (capacity == 40)
+
+
+@numba.njit
+def _opposite_codes(n):
+    out = np.empty(n, dtype=np.int64)
+    for c in range(n):
+        out[c] = partition.opposite_image_code(c)
+    return out
+
+
+def test_the_opposite_image_code_names_minus_the_shift():
+    # a pair filed from its other atom takes the opposite code (the three-body short rows over a list)
+    codes = np.arange(len(partition.IMAGE_SHIFTS))
+    opposite = _opposite_codes(len(codes))
+    assert np.array_equal(partition.IMAGE_SHIFTS[opposite], -partition.IMAGE_SHIFTS[codes])
+    assert np.array_equal(opposite[opposite], codes)
