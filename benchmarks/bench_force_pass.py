@@ -61,8 +61,9 @@ def _compiled_repeat(pass_fn):
     return repeat
 
 
-def time_pass(kernel_path: Path, n_frames: int, calls: int, repeats: int) -> list[float]:
-    """µs per forces-only pass of each of ``repeats`` timings of ``calls`` passes."""
+def prepare_pass(kernel_path: Path, n_frames: int) -> tuple:
+    """(``repeat``, its arguments but the call count): the compiled loop of forces-only passes of the tabulated
+    ``kernel_path`` over the first ``n_frames`` frames, compiled and warmed on every frame."""
     kernel = tabulate.tabulate_kernel_module(load_kernel_module(kernel_path))
     data = np.load(DATASET)
     if not 1 <= n_frames <= data["positions"].shape[0]:
@@ -84,6 +85,12 @@ def time_pass(kernel_path: Path, n_frames: int, calls: int, repeats: int) -> lis
         work = energy.workspace(loops, frames.shape[1], box, capacity3=needed3)
         arguments = arguments[:-1] + (work,)
         repeat(frames.shape[0], *arguments)
+    return repeat, arguments
+
+
+def time_pass(kernel_path: Path, n_frames: int, calls: int, repeats: int) -> list[float]:
+    """µs per forces-only pass of each of ``repeats`` timings of ``calls`` passes."""
+    repeat, arguments = prepare_pass(kernel_path, n_frames)
     timings = []
     for _ in range(repeats):
         start = time.perf_counter()

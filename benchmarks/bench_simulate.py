@@ -66,13 +66,13 @@ sys.path.insert(0, str(ROOT))
 
 from discover.dataset import Dataset
 from discover.export import ExportError
-from discover.export.lammps import DUMP_FILE, INPUT_FILE, export_lammps
+from discover.export.lammps import DUMP_FILE, INPUT_FILE, export_lammps, read_dump
 from discover.export.pairs import Frame
 from simulate import energy, integrate, md, partition, setup, tabulate
 from simulate.errors import MldError
 from simulate.fileio import write_text_atomic
 from simulate.kernels import has_threebody, load_kernel_module
-from tests.export_support import lammps_env
+from tests.export_support import lammps_env, run_lammps
 from tests.kernel_examples.starting_frames import DATASET, water32_frame
 
 REPLICAS = (1, 2, 3, 4, 6, 8, 10, 11)  # 96 … 127,776 atoms
@@ -100,6 +100,7 @@ VENV_BIN = Path(sys.executable).parent
 TARGET_RATIO = 1.0  # mld / LAMMPS time per step, at 3,000–100,000 atoms
 TARGET_ATOMS = (3_000, 100_000)
 TARGET_CP2K_SPEEDUP = 1e5
+FORCE_TOLERANCE = 1e-4  # mld against LAMMPS's table export on one frame, relative to the largest force
 
 
 def water_box(replicas: int):
@@ -231,6 +232,21 @@ def write_lammps_deck(kernel_path: Path, replicas: int, steps: int, directory: P
     write_text_atomic(directory / INPUT_FILE, "\n".join(kept) + "\n")
 
 
+def same_frame_forces(kernel, kernel_path: Path, replicas: int, directory: Path) -> float:
+    """max |F_mld − F_LAMMPS| / max |F_LAMMPS| on the benchmark's starting frame: LAMMPS runs the table export
+    of ``kernel_path`` for no steps and dumps its forces, mld evaluates ``kernel`` (the closed form or mld's own
+    tables) on the same atoms."""
+    species, positions, box, velocities = water_box(replicas)
+    export_lammps(kernel_path, directory, Frame(species, positions, box, velocities), style="table",
+                  ensemble="nve", timestep_fs=DT_FS, steps=0, thermo_every=1, dump_every=1,
+                  skin_angstrom=SKIN_ANGSTROM)
+    run_lammps(directory, timeout_s=600)
+    ((_, dumped),) = read_dump(directory / DUMP_FILE)
+    lammps_forces = np.c_[dumped["fx"], dumped["fy"], dumped["fz"]]
+    _, result = energy.make_force_fn(kernel, md.atom_types(kernel, species), box, SKIN_ANGSTROM)(positions)
+    return float(np.abs(result.forces_ev_per_angstrom - lammps_forces).max() / np.abs(lammps_forces).max())
+
+
 _LOOP = re.compile(r"Loop time of ([0-9.eE+-]+) on (\d+) procs for (\d+) steps with (\d+) atoms")
 _BUILDS = re.compile(r"Neighbor list builds = (\d+)")
 _RSS = re.compile(r"^mld-peak-rss-kib (\d+)$", re.MULTILINE)
@@ -307,8 +323,10 @@ def side_by_side(kernel, kernel_path: Path, label: str, replicas: list[int], ste
             atoms = 96 * a**3
             steps_here = steps_for(atoms, steps)
             directory = Path(tmp) / f"r{a}"
+            force_diff = math.nan
             if use_lammps:
                 write_lammps_deck(kernel_path, a, steps_here, directory)
+                force_diff = same_frame_forces(kernel, kernel_path, a, directory / "forces")
             runs: dict = {}
             # other work's load is read over the whole interleaved block of this size: /proc/stat counts
             # in 10 ms ticks, too coarse for one short run
@@ -322,7 +340,8 @@ def side_by_side(kernel, kernel_path: Path, label: str, replicas: list[int], ste
             foreign = foreign_cores(block_start, cpu_clock())
             for (engine, c), found in runs.items():
                 row = best(found)
-                row.update(model=label, load_average=load_average(), foreign_cores=foreign)
+                row.update(model=label, load_average=load_average(), foreign_cores=foreign,
+                           force_rel_diff_vs_lammps=force_diff)
                 rows.append(row)
                 log(f"{label:>10} {engine:>6} {row['atoms']:>7} atoms {c} core(s): {row['ms_per_step']:9.3f} ms/step "
                     f"{row['us_per_atom_step']:6.3f} µs/atom-step, builds {row['neighbor_builds']}, "
@@ -345,6 +364,7 @@ def ratios(rows: list[dict]) -> list[dict]:
                 "mld_builds": r["neighbor_builds"], "lammps_builds": other["neighbor_builds"],
                 "mld_peak_rss_mib": r["peak_rss_mib"], "lammps_peak_rss_mib": other["peak_rss_mib"],
                 "potential_rel_diff": abs(r["potential_ev"] - other["potential_ev"]) / abs(other["potential_ev"]),
+                "force_rel_diff": r["force_rel_diff_vs_lammps"],
                 "foreign_cores": r["foreign_cores"],
                 "load_average": r["load_average"],
             })
@@ -466,8 +486,8 @@ def markdown(rows: list[dict], compared: list[dict], cp2k: dict | None, meta: di
          "runs interleaved. Ratio = mld time / LAMMPS time (below 1: mld faster)."),
         "",
         ("| model | atoms | steps | cores | mld ms/step | LAMMPS ms/step | mld µs/atom-step | LAMMPS µs/atom-step | "
-         "**mld/LAMMPS** | builds mld/LAMMPS | peak RSS MiB mld/LAMMPS | ΔPE end | other work, cores |"),
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+         "**mld/LAMMPS** | builds mld/LAMMPS | peak RSS MiB mld/LAMMPS | ΔF start | ΔPE end | other work, cores |"),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in compared:
         flag = " ⚠" if contended(r) else ""
@@ -475,7 +495,8 @@ def markdown(rows: list[dict], compared: list[dict], cp2k: dict | None, meta: di
             f"| {r['model']} | {r['atoms']} | {r['steps']} | {r['cores']} | {r['mld_ms_per_step']:.3f} | "
             f"{r['lammps_ms_per_step']:.3f} | {r['mld_us_per_atom_step']:.3f} | {r['lammps_us_per_atom_step']:.3f} | "
             f"**{r['ratio_mld_over_lammps']:.2f}**{flag} | {r['mld_builds']}/{r['lammps_builds']} | "
-            f"{r['mld_peak_rss_mib']:.0f}/{r['lammps_peak_rss_mib']:.0f} | {r['potential_rel_diff']:.1e} | "
+            f"{r['mld_peak_rss_mib']:.0f}/{r['lammps_peak_rss_mib']:.0f} | {r['force_rel_diff']:.1e} | "
+            f"{r['potential_rel_diff']:.1e} | "
             f"{r['foreign_cores']:.2f} |"
         )
     if not compared:
@@ -495,7 +516,12 @@ def markdown(rows: list[dict], compared: list[dict], cp2k: dict | None, meta: di
          "a row measures the machine more than the engine (an OpenMP thread that waits for a core stalls every parallel "
          "loop of mld's step; MPI ranks suffer less)."),
         "",
-        ("ΔPE end: relative difference of the potential energy after the run (same start, table vs closed form, "
+        ("ΔF start: the largest difference between mld's and LAMMPS's forces on the starting frame, over the "
+         "largest LAMMPS force (LAMMPS's table is linear in r², so it differs from the closed form by its "
+         f"interpolation; bound {FORCE_TOLERANCE:.0e}, as in tests/test_lammps_forces.py): largest of all rows "
+         f"{max((r['force_rel_diff'] for r in compared), default=math.nan):.1e}, "
+         f"{'within' if all(r['force_rel_diff'] <= FORCE_TOLERANCE for r in compared) else 'NOT within'} the bound. "
+         "ΔPE end: relative difference of the potential energy after the run (same start, table vs closed form, "
          "two integrators: a check that both ran the same dynamics). mld's peak RSS is the whole Python process "
          f"(~{meta['python_rss_mib']:.0f} MiB of it before the box was built: Python, NumPy, Numba, the exporters); "
          "LAMMPS's is summed over ranks."),
