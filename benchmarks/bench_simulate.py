@@ -16,8 +16,10 @@ the kernel, neighbour skin 1 Å, list rebuilt once an atom has moved half the sk
 
 The four runs of a size are interleaved (mld, LAMMPS, mld, LAMMPS; reversed on the next repeat) so
 that load from other work on the machine hits both, and the best of the repeats is kept. mld is
-compiled and warmed up on the same size before it is timed, and both are timed over the step loop
-only (LAMMPS's "Loop time"). Peak memory: mld, the process's peak resident set during the run
+compiled and warmed up on the same size before it is timed. Both take ``LEAD_STEPS`` untimed steps from
+the start, then are timed over the step loop of the timed steps only (LAMMPS's "Loop time" of its second
+``run``), so that short runs of big boxes hold list rebuilds as long ones do. On the starting frame of
+every size, the two engines' forces are compared (``same_frame_forces``). Peak memory: mld, the process's peak resident set during the run
 (``VmHWM`` after resetting it through ``/proc/self/clear_refs``; it includes the ~150 MiB of Python,
 NumPy and Numba); LAMMPS, the peak resident set of every rank (GNU time), summed.
 
@@ -91,6 +93,10 @@ LEARNED_PAIRWISE_REPLICAS = (1, 3, 4, 6, 8, 10, 11)
 # bigger boxes run shorter blocks, whose return to Python is then a negligible share of a step), recording a
 # thermo row, with its energy pass, every THERMO_EVERY steps (its default thermo interval)
 BLOCK_STEPS = 100
+# untimed steps both engines take from the start before the timed ones: the first list rebuild comes only after
+# 13 (Morse) to 23 (learned models) steps from the start, so a short timed run from the start (20 steps at
+# 96,000 atoms) would hold no rebuild, where a longer one holds one every 3–20 steps
+LEAD_STEPS = 25
 THERMO_EVERY = 10
 # mld steps every box as `mld simulate` steps a production run this long: the blocks then take their
 # forces between outputs from the forces-only pass at every size (from 2·10⁷ atom-steps, see
@@ -188,6 +194,7 @@ def bench_mld(kernel, replicas: int, steps: int, threads: int, warmup: int = 3, 
     base_kib = _status_kib("VmRSS")
     _reset_peak_rss()
     state = nve.init(positions, velocities, masses)
+    state, _ = advance(nve, state, LEAD_STEPS, block)
     start = time.perf_counter()
     state, builds = advance(nve, state, steps, block)
     seconds = time.perf_counter() - start
@@ -220,7 +227,8 @@ def lammps_missing() -> str | None:
 
 
 def write_lammps_deck(kernel_path: Path, replicas: int, steps: int, directory: Path) -> None:
-    """The table export of the kernel and an NVE deck for the replicated box, without dumps."""
+    """The table export of the kernel and an NVE deck for the replicated box, without dumps: ``LEAD_STEPS`` steps,
+    then ``steps`` more as a run of their own, timed, that goes on from them (``pre no``: no new setup)."""
     species, positions, box, velocities = water_box(replicas)
     export_lammps(kernel_path, directory, Frame(species, positions, box, velocities), style="table",
                   ensemble="nve", timestep_fs=DT_FS, steps=steps, thermo_every=steps, dump_every=steps,
@@ -229,6 +237,9 @@ def write_lammps_deck(kernel_path: Path, replicas: int, steps: int, directory: P
     # the benchmark times the dynamics; the dump (written at step 0 too) is I/O LAMMPS need not do
     kept = [line for line in deck if not line.startswith("dump")]
     assert len(kept) == len(deck) - 2, f"unexpected deck layout: no dump lines for {DUMP_FILE}"
+    runs = [k for k, line in enumerate(kept) if line.split()[:1] == ["run"]]
+    assert len(runs) == 1, "unexpected deck layout: not one run command"
+    kept[runs[0]:runs[0] + 1] = [f"run {LEAD_STEPS}", f"run {steps} pre no"]
     write_text_atomic(directory / INPUT_FILE, "\n".join(kept) + "\n")
 
 
@@ -260,7 +271,8 @@ def bench_lammps(directory: Path, procs: int) -> dict:
     if procs > 1:
         command = [str(VENV_BIN / "mpirun"), "-np", str(procs)] + command
     done = subprocess.run(command, cwd=directory, capture_output=True, text=True, env=lammps_env(), check=False)
-    loop = _LOOP.search(done.stdout)
+    loops = list(_LOOP.finditer(done.stdout))  # the lead-in's, then the timed run's
+    loop = loops[-1] if len(loops) == 2 else None
     if done.returncode != 0 or loop is None:
         raise RuntimeError(f"LAMMPS failed ({done.returncode}): {done.stdout[-1500:]} {done.stderr[-1500:]}")
     thermo = done.stdout[: loop.start()].strip().splitlines()[-1].split()  # step time temp pe ke etotal press
@@ -270,7 +282,7 @@ def bench_lammps(directory: Path, procs: int) -> dict:
         "cores": int(loop.group(2)),
         "steps": int(loop.group(3)),
         "seconds": float(loop.group(1)),
-        "neighbor_builds": int(_BUILDS.search(done.stdout).group(1)),
+        "neighbor_builds": int(_BUILDS.findall(done.stdout)[-1]),
         "potential_ev": float(thermo[3]),
         "peak_rss_mib": sum(int(k) for k in _RSS.findall(done.stderr)) / 1024.0,
     }
@@ -476,8 +488,9 @@ def markdown(rows: list[dict], compared: list[dict], cp2k: dict | None, meta: di
         "",
         (f"Same model, same start, same settings: replicated CP2K water box (frame 0 of "
          f"`data/water32_300K.npz`), NVE steps of {DT_FS} fs ({meta['steps']} per run; 2M atom-steps, at least 20 "
-         f"steps, for bigger boxes: column steps), skin {SKIN_ANGSTROM} Å, list rebuilt "
-         "when an atom has moved half the skin. mld runs the kernel module (Numba threads = cores) in compiled blocks "
+         f"steps, for bigger boxes: column steps), timed after {LEAD_STEPS} untimed steps from the start (the first "
+         "list rebuild comes after 13–23 steps; then every 3–20, so the timed steps of every size hold rebuilds), skin "
+         f"{SKIN_ANGSTROM} Å, list rebuilt when an atom has moved half the skin. mld runs the kernel module (Numba threads = cores) in compiled blocks "
          f"of {meta['block_steps']} steps with a thermo row every {meta['thermo_every']}, as `mld simulate` does "
          "between trajectory frames in a production run (below ~10,000 atoms; bigger boxes there run blocks of about "
          "0.25 s. 10⁶ steps planned: energies only on thermo steps, at every size; the rows' and frames' formatting "
