@@ -17,9 +17,15 @@ from discover.export.lammps import DUMP_FILE, export_lammps, read_dump
 from discover.export.pairs import Frame
 from simulate import energy, partition, setup
 from simulate.md import atom_types
-from tests.export_support import lammps_missing_reason, morse_kernels, run_lammps, water_frame
+from tests.export_support import (
+    LAMMPS_FORCE_TOLERANCE,
+    lammps_missing_reason,
+    morse_kernels,
+    relative_difference,
+    run_lammps,
+    water_frame,
+)
 
-TOLERANCE = 1e-4
 # a prange Numba cannot parallelise compiles to a serial loop with only this warning
 pytestmark = pytest.mark.filterwarnings("error::numba.NumbaPerformanceWarning")
 needs_lammps = pytest.mark.skipif(lammps_missing_reason() is not None, reason=str(lammps_missing_reason()))
@@ -52,15 +58,11 @@ def mld_forces(kernels, frame: Frame, positions=None, neighbors=None):
     return force_fn(x, neighbors)
 
 
-def relative(a, b) -> float:
-    return float(np.abs(a - b).max() / np.abs(b).max())
-
-
 def assert_agree(result, forces, pe_atom):
-    assert abs(result.energy_ev - pe_atom.sum()) / abs(pe_atom.sum()) < TOLERANCE
-    assert relative(result.forces_ev_per_angstrom, forces) < TOLERANCE
+    assert abs(result.energy_ev - pe_atom.sum()) / abs(pe_atom.sum()) < LAMMPS_FORCE_TOLERANCE
+    assert relative_difference(result.forces_ev_per_angstrom, forces) < LAMMPS_FORCE_TOLERANCE
     # LAMMPS splits each pair energy evenly; the agent loss H_k holds the whole of k's pairs
-    assert relative(result.atom_loss_ev, 2 * pe_atom) < TOLERANCE
+    assert relative_difference(result.atom_loss_ev, 2 * pe_atom) < LAMMPS_FORCE_TOLERANCE
 
 
 @needs_lammps

@@ -20,8 +20,9 @@ ARGON = Path(__file__).parent / "kernel_examples" / "lj_argon.py"
 
 
 def simulate_cli(init, out, *flags):
+    # a wide console, so that the progress line is never wrapped (rich reads COLUMNS)
     return CliRunner().invoke(app, ["simulate", str(ARGON), "--init", str(init), "--no-tabulate", "--dt", "2",
-                                    "--temperature", "100", *flags, "--out", str(out)])
+                                    "--temperature", "100", *flags, "--out", str(out)], env={"COLUMNS": "200"})
 
 
 def test_simulate_cli_starts_from_an_extended_xyz_frame(tmp_path):
