@@ -158,7 +158,8 @@ def main() -> None:
         began = time.perf_counter()
         samples = sample_pass(repeat, arguments, args.seconds, args.frequency, Path(workdir))
         print(f"{args.only}: {time.perf_counter() - began:.1f} s sampled", file=sys.stderr)
-        text = report(samples, args.blocks, Path(workdir))
+        text = (f"{args.only}: forces-only pass, 96 atoms, 1 thread, {args.frames} frame(s) in turn, sampled "
+                f"{args.frequency} times a second for {args.seconds:g} s\n" + report(samples, args.blocks, Path(workdir)))
     print(text)
     if args.out is not None:
         partial = args.out.with_name(args.out.name + ".partial")
