@@ -67,6 +67,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from discover import cp2k
 from discover.dataset import Dataset
 from discover.export import ExportError
 from discover.export.lammps import DUMP_FILE, INPUT_FILE, export_lammps, read_dump
@@ -157,29 +158,10 @@ def _status_kib(field: str) -> int:
 
 
 def advance(integrator: integrate.Integrator, state, steps: int, block: int = BLOCK_STEPS):
-    """(state, list builds) after ``steps`` steps taken as :func:`simulate.md.simulate` takes them.
-
-    Compiled blocks of ``block`` steps (``Integrator.run``, told that the run is a production run of
-    ``PLANNED_STEPS`` and asked for the thermo rows of every ``THERMO_EVERY`` steps), and a plain ``step``
-    where a block stops early (a list to widen) or for every step with ``block`` 0; the output md.simulate
-    would write between blocks (rows formatted, frames) is left out.
-    """
-    done = 0
-    builds = 0
-    while done < steps:
-        if block > 0 and integrator.run is not None:
-            n_steps = min(block, steps - done)
-            state, n, b = integrator.run(state, n_steps, math.inf, 0.0, planned_steps=PLANNED_STEPS,
-                                         thermo=integrate.thermo_record(THERMO_EVERY, done, n_steps))
-            done += n
-            builds += b
-            if n:
-                continue
-        new = integrator.step(state)
-        builds += new.neighbors is not state.neighbors
-        state = new
-        done += 1
-    return state, builds
+    """(state, list builds) after ``steps`` steps taken as a production run of ``PLANNED_STEPS`` steps takes them,
+    in compiled blocks of ``block`` steps (0: plain steps), without its output (see simulate.md.advance)."""
+    return md.advance(integrator, state, steps, block_steps=block, planned_steps=PLANNED_STEPS,
+                      thermo_every=THERMO_EVERY)
 
 
 def bench_mld(kernel, replicas: int, steps: int, threads: int, warmup: int = 3, block: int = BLOCK_STEPS) -> dict:
@@ -408,11 +390,7 @@ def cp2k_comparison(rows: list[dict]) -> list[dict]:
         return []
     meta = Dataset.load(DATASET).metadata
     wall = float(meta["cp2k_seconds_per_step"]["mean"])
-    threads = 1
-    out_file = Path(meta.get("source_dir", "")) / "prod.out"
-    if out_file.is_file():  # CP2K states its OpenMP threads in its output
-        found = re.search(r"OMP: Current number of threads\s+(\d+)", out_file.read_text(errors="replace"))
-        threads = int(found.group(1)) if found else 1
+    threads = cp2k.run_threads(meta) or 1  # CP2K states its OpenMP threads in its output
     out = []
     for row in mld96:
         mld_s = row["seconds"] / row["steps"]

@@ -493,7 +493,7 @@ def _md_progress_factory(name: str, steps: int, dt_fs: float):
 
 
 def _print_compare_summary(metrics: dict, out: Path) -> None:
-    from discover.report import LABELS, verdicts
+    from discover.report import LABELS, times, verdicts
 
     for name, run in metrics["models"].items():
         console.print(f"{LABELS.get(name, name)}:", highlight=False)
@@ -501,8 +501,13 @@ def _print_compare_summary(metrics: dict, out: Path) -> None:
             console.print(f"  {line}", highlight=False)
         speed = run["speed"]
         if speed["speedup"]:
-            console.print(f"  speed: {speed['speedup']:.3g}× CP2K per step at {speed['n_atoms']} atoms",
-                          highlight=False)
+            engine = speed["engine_seconds_per_step"]
+            cpu = f", {times(speed['speedup_cpu'])} in CPU time" if speed["speedup_cpu"] else ""
+            console.print(
+                f"  speed at {speed['n_atoms']} atoms: the engine alone, {speed['engine_form'].replace('_', ' ')} on one "
+                f"thread, {engine[speed['engine_form']] * 1e6:.0f} µs a step: CP2K's time {times(speed['speedup'])} "
+                f"wall to wall{cpu}; this run, with its output and compilation, {times(speed['production_speedup'])}",
+                highlight=False)
     print(f"wrote {out}/report.md, metrics.json and figures/")
 
 

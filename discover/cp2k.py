@@ -527,6 +527,25 @@ def read_cp2k_version(out_path: str | os.PathLike) -> str | None:
     return None
 
 
+def read_cp2k_threads(out_path: str | os.PathLike) -> int | None:
+    """The OpenMP threads a CP2K output file states ('DBCSR| OMP: Current number of threads   2' -> 2), or None."""
+    with open(out_path, errors="replace") as handle:
+        for number, line in enumerate(handle):
+            match = re.search(r"OMP: Current number of threads\s+(\d+)", line)
+            if match:
+                return int(match[1])
+            if number > 500:  # with the banner, at the top
+                return None
+    return None
+
+
+def run_threads(metadata: dict) -> int | None:
+    """The OpenMP threads of the CP2K run a dataset was imported from (its metadata), read from that run's
+    output (``source_dir``/``project``.out) where it is still at hand; else None."""
+    out_path = Path(metadata.get("source_dir") or "") / f"{metadata.get('project') or ''}.out"
+    return read_cp2k_threads(out_path) if metadata.get("source_dir") and out_path.is_file() else None
+
+
 # ---------------------------------------------------------------------------------------
 # A whole run
 # ---------------------------------------------------------------------------------------

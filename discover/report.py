@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from discover import compare, metrics, plots
+from discover.cp2k import run_threads
 from discover.dataset import Dataset
 from discover.force_matching import split_frames
 from discover.model import Model
@@ -36,6 +37,7 @@ PEAK_POSITION_TOLERANCE_ANGSTROM = 0.05
 PEAK_HEIGHT_TOLERANCE = 0.10
 ANGLE_TOLERANCE_DEGREES = 1.0
 FRAME_EVERY_STEPS = 4  # 2 fs at 0.5 fs steps: Nyquist 8,300 cm⁻¹, above every water band
+ENGINE_STEPS = 2000  # timed steps of the engine alone (a fraction of a second at 96 atoms)
 
 
 def reference_trajectory(dataset: Dataset, frames=slice(None)) -> compare.Trajectory:
@@ -67,6 +69,47 @@ def run_learned(kernels, dataset: Dataset, out_dir: Path, *, steps: int, nve_ste
                       "seconds_per_step": result.wall_s / max(n_steps, 1), "wall_s": wall}
         start = (traj["positions"][-1], traj["velocities"][-1])
     return runs
+
+
+def engine_speed(kernels, dataset: Dataset, dt_fs: float) -> dict:
+    """Seconds per step of the engine alone, one thread, from the first CP2K frame (see
+    :func:`simulate.md.engine_seconds_per_step`): the closed form, as this report's runs take it, and tabulated,
+    as ``mld simulate`` runs it by default (None, with the reason, where the laws cannot be tabulated)."""
+    from simulate import tabulate
+    from simulate.kernels import KernelModuleError
+
+    frame = (dataset.species, dataset.positions[0], box_lengths(dataset.cell[0]), dataset.velocities[0])
+    out = {"threads": 1,
+           "closed_form": md.engine_seconds_per_step(kernels, *frame, steps=ENGINE_STEPS, dt_fs=dt_fs, threads=1)}
+    try:
+        tabulated = tabulate.tabulate_kernel_module(kernels)
+    except (tabulate.TabulationError, KernelModuleError) as exc:
+        out["tabulated"], out["tabulated_note"] = None, str(exc)
+    else:
+        out["tabulated"] = md.engine_seconds_per_step(tabulated, *frame, steps=ENGINE_STEPS, dt_fs=dt_fs, threads=1)
+    return out
+
+
+def _ratio(a, b):
+    return a / b if a and b else None
+
+
+def speed_figures(n_atoms: int, cp2k_s: float | None, cp2k_threads: int | None, engine: dict, production_s: float,
+                  ns_per_day: float) -> dict:
+    """CP2K's time per step (median wall time; CPU time = wall × its OpenMP threads, where known) against
+    mld's: the engine alone as ``mld simulate`` runs the model (``engine``, see :func:`engine_speed`), and
+    this report's production run, whose output and compilation dominate at a small box's size."""
+    engine_s = engine["tabulated"] or engine["closed_form"]
+    cp2k_cpu_s = cp2k_s * cp2k_threads if cp2k_s and cp2k_threads else None
+    return {"n_atoms": n_atoms, "cp2k_seconds_per_step": cp2k_s, "cp2k_threads": cp2k_threads,
+            "cp2k_cpu_seconds_per_step": cp2k_cpu_s, "engine_seconds_per_step": engine,
+            "engine_form": "tabulated" if engine["tabulated"] else "closed_form",
+            "speedup": _ratio(cp2k_s, engine_s), "speedup_cpu": _ratio(cp2k_cpu_s, engine_s),
+            "production_seconds_per_step": production_s, "production_speedup": _ratio(cp2k_s, production_s),
+            "mld_ns_per_day": ns_per_day,
+            "note": "speedup: CP2K's median wall time per step over the engine alone on one thread (speedup_cpu: "
+                    "CP2K's CPU time); production: this report's NVT run, its output every "
+                    f"{FRAME_EVERY_STEPS} steps and the compilation of its loops included"}
 
 
 def nve_drift(thermo: pd.DataFrame, n_atoms: int) -> dict:
@@ -210,9 +253,10 @@ def compare_model(model_dir: str | Path, dataset_path: str | Path, out_dir: str 
     figures = out_dir / "figures"
     variants, default = model_variants(model_dir)
 
-    m: dict = {"schema": "mld.compare.metrics", "schema_version": 2, "default_model": default, "models": {}}
+    m: dict = {"schema": "mld.compare.metrics", "schema_version": 3, "default_model": default, "models": {}}
     curves = {}
     cp2k_s = dataset.metadata.get("cp2k_seconds_per_step", {}).get("median")
+    cp2k_threads = run_threads(dataset.metadata)
     for name, folder in variants.items():
         say(f"{LABELS.get(name, name)}: {steps} NVT steps + {nve_steps} NVE steps of {dt_fs} fs at {temperature:g} K")
         kernels = kernel_module_for(folder, out_dir / "run" / name)
@@ -224,11 +268,8 @@ def compare_model(model_dir: str | Path, dataset_path: str | Path, out_dir: str 
                                      dataset.cell[0], FRAME_EVERY_STEPS * dt_fs, LABELS.get(name, name))
         run, curves[name] = analyse_run(reference, learned)
         run["nve"] = nve_drift(runs["nve"]["thermo"], dataset.n_atoms)
-        mld_s = runs["nvt"]["seconds_per_step"]
-        run["speed"] = {"n_atoms": dataset.n_atoms, "cp2k_seconds_per_step": cp2k_s, "mld_seconds_per_step": mld_s,
-                        "speedup": (cp2k_s / mld_s) if cp2k_s else None,
-                        "mld_ns_per_day": runs["nvt"]["result"].ns_per_day,
-                        "note": "mld time per step of the production run, trajectory and thermo output included"}
+        run["speed"] = speed_figures(dataset.n_atoms, cp2k_s, cp2k_threads, engine_speed(kernels, dataset, dt_fs),
+                                     runs["nvt"]["seconds_per_step"], runs["nvt"]["result"].ns_per_day)
         run["learned_analysed_ps"] = learned.duration_fs / 1000
         m["models"][name] = run
 
@@ -257,6 +298,36 @@ def compare_model(model_dir: str | Path, dataset_path: str | Path, out_dir: str 
     write_text_atomic(out_dir / "metrics.json", json.dumps(m, indent=2, default=json_default) + "\n")
     write_text_atomic(out_dir / "report.md", report_markdown(m, model_dir))
     return m
+
+
+def times(ratio: float) -> str:
+    """×23,600: a ratio to three significant digits."""
+    return f"×{float(f'{ratio:.3g}'):,.0f}" if ratio >= 100 else f"×{ratio:.3g}"
+
+
+def _time_cell(seconds: float | None, cp2k_s: float | None) -> str:
+    """``381 µs (×3,150)``: a time per step, and CP2K's time over it (wall time against wall time)."""
+    if not seconds:
+        return "n/a"
+    return f"{seconds * 1e6:.0f} µs" + (f" ({times(cp2k_s / seconds)})" if cp2k_s else "")
+
+
+def _engine_cell(run: dict) -> str:
+    speed = run["speed"]
+    engine = speed["engine_seconds_per_step"]
+    cell = _time_cell(engine["tabulated"] or engine["closed_form"], speed["cp2k_seconds_per_step"])
+    if speed["speedup_cpu"]:
+        cell += f", {times(speed['speedup_cpu'])} in CPU time"
+    return cell + ("" if engine["tabulated"] else " (closed form: the laws cannot be tabulated)")
+
+
+def _cp2k_time_cell(speed: dict) -> str:
+    if not speed["cp2k_seconds_per_step"]:
+        return "n/a"
+    cell = f"{speed['cp2k_seconds_per_step']:.3g} s"
+    if speed["cp2k_threads"]:
+        cell += f" on {speed['cp2k_threads']} thread(s), {speed['cp2k_cpu_seconds_per_step']:.3g} CPU s"
+    return cell
 
 
 def _figures(figures: Path, curves: dict, predicted: dict, dataset: Dataset, valid, model_dir: Path) -> None:
@@ -403,13 +474,24 @@ def report_markdown(m: dict, model_dir: Path) -> str:
             m, lambda run: _diffusion_cell(run["diffusion"]["learned"])) + " |",
         "| NVE drift (eV/atom/ps) | | " + _model_columns(
             m, lambda run: f"{run['nve']['drift_ev_per_atom_per_ps']:.1e}") + " |",
-        "| time per step at 96 atoms | " + _fmt(first["speed"]["cp2k_seconds_per_step"], 3) + " s | "
-        + _model_columns(m, lambda run: f"{run['speed']['mld_seconds_per_step'] * 1e6:.0f} µs "
-                                        f"(×{_fmt(run['speed']['speedup'], 0)})") + " |",
+        f"| time per step at {first['speed']['n_atoms']} atoms, engine alone, as `mld simulate` runs it (one "
+        "thread) | " + _cp2k_time_cell(first["speed"]) + " | " + _model_columns(m, _engine_cell) + " |",
+        "| … closed form (one thread) | | " + _model_columns(
+            m, lambda run: _time_cell(run["speed"]["engine_seconds_per_step"]["closed_form"],
+                                      run["speed"]["cp2k_seconds_per_step"])) + " |",
+        "| … this run, its output and compilation included | | " + _model_columns(
+            m, lambda run: _time_cell(run["speed"]["production_seconds_per_step"],
+                                      run["speed"]["cp2k_seconds_per_step"])) + " |",
         "",
         "D: an asterisk marks a value the run is too short to trust (see the verdicts above). Speed: CP2K's own "
-        "timings of the run behind the dataset against mld's production run, output included; "
-        "`benchmarks/results/` has the engine alone.",
+        "timings of the run behind the dataset (the median step's wall time; its CPU time is that times its "
+        "OpenMP threads, read from its output) against mld's engine alone: NVE steps from the first CP2K frame "
+        f"on one thread, {ENGINE_STEPS} timed after untimed ones that compile, as a long run takes them between its "
+        "outputs, "
+        "tabulated where the laws allow (`mld simulate`'s default); × is CP2K's time over mld's, wall time against "
+        "wall time, and in CPU time where CP2K's threads are known. The runs above write a frame every "
+        f"{FRAME_EVERY_STEPS} steps, which, with their compilation, dominates their time at this size. "
+        "`benchmarks/results/` has the engine side by side with LAMMPS.",
         "",
         f"![geometry and temperature]({fig('geometry_temperature.png')})",
         "",

@@ -297,6 +297,10 @@ def atom_types(kernel_module: ModuleType, species) -> np.ndarray:
     return np.array([lookup[str(s)] for s in species], dtype=np.int64)
 
 
+def _bond_cutoffs(kernel_module: ModuleType) -> np.ndarray:
+    return topology.bond_cutoff_matrix(kernel_module.BOND_CUTOFF_ANGSTROM, len(kernel_module.SPECIES))
+
+
 def simulate(
     kernel_module: ModuleType,
     species,
@@ -348,7 +352,7 @@ def simulate(
     if is_molecular(kernel_module):
         # a molecular model's molecules: those of the starting frame, or the checkpoint's on resume;
         # checked at every trajectory frame
-        bond_cutoffs = topology.bond_cutoff_matrix(kernel_module.BOND_CUTOFF_ANGSTROM, len(kernel_module.SPECIES))
+        bond_cutoffs = _bond_cutoffs(kernel_module)
         if resumed is not None and "molecules" in resumed[1]:
             molecules = resumed[1]["molecules"]
         else:
@@ -510,3 +514,57 @@ def simulate(
         neighbor_builds=builds,
     )
 
+
+def advance(integrator: integrate.Integrator, state, steps: int, *, block_steps: int = 100, planned_steps: int = 0,
+            thermo_every: int = 10):
+    """(state, list builds) after ``steps`` steps taken as :func:`simulate` takes them, without its output.
+
+    Compiled blocks of ``block_steps`` steps (``Integrator.run``, told that the run is one of ``planned_steps``
+    steps, which picks its force pass, and asked for the thermo rows of every ``thermo_every`` steps), and a
+    plain ``step`` where a block stops early (a list to widen) or for every step with ``block_steps`` 0. No
+    check stops it (the caller's frame is trusted), and nothing is written.
+    """
+    done = 0
+    builds = 0
+    while done < steps:
+        if block_steps > 0 and integrator.run is not None:
+            n_steps = min(block_steps, steps - done)
+            state, n, b = integrator.run(state, n_steps, math.inf, 0.0, planned_steps=planned_steps,
+                                         thermo=integrate.thermo_record(thermo_every, done, n_steps))
+            done += n
+            builds += b
+            if n:
+                continue
+        new = integrator.step(state)
+        builds += new.neighbors is not state.neighbors
+        state = new
+        done += 1
+    return state, builds
+
+
+def engine_seconds_per_step(kernel_module: ModuleType, species, positions: np.ndarray, box, velocities: np.ndarray,
+                            *, steps: int = 2000, dt_fs: float = 0.5, threads: int = 1, skin_angstrom: float = 1.0,
+                            lead_steps: int = 25, planned_steps: int = 1_000_000) -> float:
+    """Seconds per step of the engine alone: NVE steps from one frame, as a long run of :func:`simulate` takes
+    them between its outputs (:func:`advance`: compiled blocks, a long run's force pass), on ``threads``
+    Numba threads, timed after ``lead_steps`` untimed ones that compile the loops and build the first list.
+    Machines are noisy: it is one timing, not a benchmark (see ``benchmarks/bench_simulate.py``)."""
+    species = np.asarray(species).astype(str)
+    box = box_lengths(box)
+    types = atom_types(kernel_module, species)
+    masses = np.array(kernel_module.MASSES_AMU, dtype=float)[types]
+    positions = np.asarray(positions, dtype=float)
+    molecules = (topology.assign_molecules(positions, box, types, _bond_cutoffs(kernel_module))
+                 if is_molecular(kernel_module) else None)
+    previous = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        integrator = integrate.nve(energy.make_force_fn(kernel_module, types, box, skin_angstrom, molecules), dt_fs)
+        state = integrator.init(positions, setup.remove_com_momentum(np.asarray(velocities, dtype=float), masses),
+                                masses)
+        state, _ = advance(integrator, state, lead_steps, planned_steps=planned_steps)
+        started = time.perf_counter()
+        advance(integrator, state, steps, planned_steps=planned_steps)
+        return (time.perf_counter() - started) / max(steps, 1)
+    finally:
+        numba.set_num_threads(previous)

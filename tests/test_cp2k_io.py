@@ -17,10 +17,12 @@ from discover.cp2k import (
     cp2k_input_text,
     import_cp2k_run,
     read_cp2k_input,
+    read_cp2k_threads,
     read_ener,
     read_xyz_frame,
     read_xyz_trajectory,
     run_settings,
+    run_threads,
     water_box,
     write_water_box,
 )
@@ -455,3 +457,19 @@ def test_input_options_are_checked():
         cp2k_input_text(species, positions, cell, method="lda")
     with pytest.raises(MldError, match="thermostat 'berendsen'"):
         cp2k_input_text(species, positions, cell, thermostat="berendsen")
+
+
+def test_the_openmp_threads_of_a_run_come_from_its_output(excerpt_dir, excerpt_copy):
+    # the excerpt's prod.out states 2 threads (DBCSR| OMP: Current number of threads); a dataset's metadata
+    # leads to that file through its source folder and project
+    assert read_cp2k_threads(excerpt_dir / "prod.out") == 2
+    assert run_threads({"source_dir": str(excerpt_dir), "project": "prod"}) == 2
+    text = (excerpt_copy / "prod.out").read_text()
+    (excerpt_copy / "prod.out").write_text(re.sub(r"(Current number of threads\s+)2", r"\g<1>12", text))
+    assert read_cp2k_threads(excerpt_copy / "prod.out") == 12
+    (excerpt_copy / "prod.out").write_text("\n".join(line for line in text.splitlines() if "OMP" not in line))
+    assert read_cp2k_threads(excerpt_copy / "prod.out") is None
+    # no output at hand: unknown, not a guess
+    assert run_threads({"source_dir": str(excerpt_copy), "project": "elsewhere"}) is None
+    assert run_threads({}) is None
+

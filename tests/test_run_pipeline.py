@@ -59,11 +59,23 @@ def test_run_report_parses_and_figures_are_png(finished_run):
     for run in metrics["models"].values():
         for pair in ("OO", "OH", "HH"):
             assert np.isfinite(run["rdf"][pair]["learned"]["first_peak_angstrom"])
-        assert run["speed"]["speedup"] > 1
+        speed = run["speed"]
+        engine = speed["engine_seconds_per_step"]
+        # the engine alone, as `mld simulate` runs the model (tabulated), against CP2K's median step; the
+        # production run's time holds its output and the compilation of its loops, so it is slower
+        assert speed["engine_form"] == "tabulated" and 0 < engine["tabulated"] < speed["production_seconds_per_step"]
+        assert engine["closed_form"] > 0
+        assert speed["speedup"] == pytest.approx(speed["cp2k_seconds_per_step"] / engine["tabulated"], rel=1e-12)
+        assert speed["speedup"] > speed["production_speedup"] > 1
+        if speed["cp2k_threads"]:  # CP2K's output at hand (the shared runs): its CPU time, wall × threads
+            assert speed["speedup_cpu"] == pytest.approx(speed["speedup"] * speed["cp2k_threads"], rel=1e-12)
+        else:
+            assert speed["speedup_cpu"] is None
     assert set(metrics["force_errors"]) == {"manybody", "manybody_tabulated", "pairwise", "tabulated",
                                             "quadratic_baseline"}
     text = (report / "report.md").read_text()
     assert "GFN1-xTB" in text and "Learned agent losses" in text
+    assert "engine alone, as `mld simulate` runs it" in text
     for name in ("rdf.png", "parity.png", "pair_laws.png", "pareto.png", "geometry_temperature.png", "vdos.png"):
         data = (report / "figures" / name).read_bytes()
         assert data.startswith(PNG_SIGNATURE), name

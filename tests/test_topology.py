@@ -415,6 +415,10 @@ def test_molecular_md_conserves_energy_and_momentum_and_keeps_molecules(tmp_path
                                               water.positions[0], np.diag(water.cell[0]), types,
                                               np.asarray(kernels.BOND_CUTOFF_ANGSTROM)),
                                           np.asarray(kernels.BOND_CUTOFF_ANGSTROM)) is None
+    # the engine's timing (the report's speed) of a molecular model finds its molecules as a run does
+    seconds = md.engine_seconds_per_step(kernels, water.species, water.positions[0], np.diag(water.cell[0]),
+                                         water.velocities[0], steps=20, dt_fs=0.25, lead_steps=2)
+    assert 0 < seconds < 1
 
 
 def test_lammps_runs_a_molecular_model_with_the_forces_of_mld(tmp_path, water, typing):
