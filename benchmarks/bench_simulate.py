@@ -103,7 +103,7 @@ THERMO_EVERY = 10
 # mld steps every box as `mld simulate` steps a production run this long: the blocks then take their
 # forces between outputs from the forces-only pass at every size (from 2·10⁷ atom-steps, see
 # simulate.integrate.uses_forces_only), as they do in a real run of 96 atoms and 10⁶ steps (250 ps)
-PLANNED_STEPS = 1_000_000
+PLANNED_STEPS = md.LONG_RUN_STEPS
 VENV_BIN = Path(sys.executable).parent
 TARGET_RATIO = 1.0  # mld / LAMMPS time per step, at 3,000–100,000 atoms
 TARGET_ATOMS = (3_000, 100_000)
@@ -169,18 +169,14 @@ def bench_mld(kernel, replicas: int, steps: int, threads: int, warmup: int = 3, 
     untimed ones from the start."""
     numba.set_num_threads(threads)
     species, positions, box, velocities = water_box(replicas)
-    types = md.atom_types(kernel, species)
-    masses = np.array(kernel.MASSES_AMU)[types]
-    nve = integrate.nve(energy.make_force_fn(kernel, types, box, skin_angstrom=SKIN_ANGSTROM), DT_FS)
-    state = nve.init(positions, velocities, masses)
-    state, _ = advance(nve, state, warmup, block)  # compiles this size's (serial or parallel) loops
+    nve, start = md.nve_from_frame(kernel, species, positions, box, velocities, dt_fs=DT_FS,
+                                   skin_angstrom=SKIN_ANGSTROM)
+    advance(nve, start, warmup, block)  # compiles this size's (serial or parallel) loops
     base_kib = _status_kib("VmRSS")
     _reset_peak_rss()
-    state = nve.init(positions, velocities, masses)
-    state, _ = advance(nve, state, LEAD_STEPS, block)
-    start = time.perf_counter()
-    state, builds = advance(nve, state, steps, block)
-    seconds = time.perf_counter() - start
+    per_step, state, builds = md.time_steps(nve, start, steps, lead_steps=LEAD_STEPS, block_steps=block,
+                                            planned_steps=PLANNED_STEPS, thermo_every=THERMO_EVERY)
+    seconds = per_step * steps
     return {
         "engine": "mld",
         "atoms": len(species),
@@ -390,17 +386,17 @@ def cp2k_comparison(rows: list[dict]) -> list[dict]:
         return []
     meta = Dataset.load(DATASET).metadata
     wall = float(meta["cp2k_seconds_per_step"]["mean"])
-    threads = cp2k.run_threads(meta) or 1  # CP2K states its OpenMP threads in its output
+    cores = cp2k.run_cores(meta) or 1  # CP2K states its processes and threads in its output
     out = []
     for row in mld96:
         mld_s = row["seconds"] / row["steps"]
         out.append({
             "model": row["model"],
             "cp2k_wall_s_per_step": wall,
-            "cp2k_threads": threads,
-            "cp2k_cpu_s_per_step": wall * threads,
+            "cp2k_cores": cores,
+            "cp2k_cpu_s_per_step": wall * cores,
             "mld_s_per_step_96_atoms_1_thread": mld_s,
-            "speedup_cpu": wall * threads / mld_s,
+            "speedup_cpu": wall * cores / mld_s,
             "speedup_wall": wall / mld_s,
             "target": TARGET_CP2K_SPEEDUP,
         })
@@ -594,7 +590,7 @@ def markdown(rows: list[dict], compared: list[dict], cp2k: dict | None, meta: di
         first = cp2k[0]
         lines += [
             (f"**CP2K comparison (target ≥ {first['target']:.0e}):** the CP2K GFN1-xTB run behind the dataset took "
-             f"{first['cp2k_wall_s_per_step']:.3f} s wall per step on {first['cp2k_threads']} OpenMP thread(s), "
+             f"{first['cp2k_wall_s_per_step']:.3f} s wall per step on {first['cp2k_cores']} core(s), "
              f"{first['cp2k_cpu_s_per_step']:.3f} CPU s. mld per step for the same 96 atoms on one thread:"),
             "",
             "| model | mld µs/step | speed-up, CPU time | speed-up, wall to wall | target |",

@@ -10,7 +10,7 @@ CP2K (2023) writes, for project ``P``:
   comment line reads ``i = STEP, time = FS, E = POT_HARTREE``; positions in Å, forces in
   Hartree/Bohr, velocities in Bohr per atomic time unit;
 * ``P-1.ener``: step, time (fs), kinetic (Ha), temperature (K), potential (Ha), conserved
-  quantity (Ha), CPU seconds used by the step;
+  quantity (Ha), wall seconds used by the step (CP2K's UsedTime; they add up to the run's time);
 * ``P-1.cell`` (when asked for, or in NPT): step, time, the nine cell components (Å), volume.
 
 Every problem with the files raises ``Cp2kFormatError`` with one line naming the file, the
@@ -276,7 +276,7 @@ class Cp2kEnergies(NamedTuple):
     temperature_k: np.ndarray
     potential_hartree: np.ndarray
     conserved_hartree: np.ndarray
-    used_time_s: np.ndarray  # CPU seconds CP2K spent on each step
+    used_time_s: np.ndarray  # wall seconds CP2K spent on each step
 
 
 def read_ener(path: str | os.PathLike, allow_truncated: bool = False) -> Cp2kEnergies:
@@ -527,23 +527,39 @@ def read_cp2k_version(out_path: str | os.PathLike) -> str | None:
     return None
 
 
-def read_cp2k_threads(out_path: str | os.PathLike) -> int | None:
-    """The OpenMP threads a CP2K output file states ('DBCSR| OMP: Current number of threads   2' -> 2), or None."""
+def read_cp2k_cores(out_path: str | os.PathLike) -> int | None:
+    """The cores a CP2K run used, as its output states them: MPI processes × OpenMP threads per process
+    ('GLOBAL| Total number of message passing processes  1', 'GLOBAL| Number of threads for this process  2'),
+    or, without those lines (an excerpt of the banner), the threads of 'DBCSR| OMP: Current number of threads';
+    None where the output states neither."""
+    found: dict[str, int] = {}
+    patterns = {"processes": r"GLOBAL\|\s*Total number of message passing processes\s+(\d+)",
+                "threads": r"GLOBAL\|\s*Number of threads for this process\s+(\d+)",
+                "omp": r"OMP: Current number of threads\s+(\d+)"}
     with open(out_path, errors="replace") as handle:
         for number, line in enumerate(handle):
-            match = re.search(r"OMP: Current number of threads\s+(\d+)", line)
-            if match:
-                return int(match[1])
+            for key, pattern in patterns.items():
+                match = re.search(pattern, line)
+                if match and key not in found:
+                    found[key] = int(match[1])
             if number > 500:  # with the banner, at the top
-                return None
-    return None
+                break
+    threads = found.get("threads", found.get("omp"))
+    if threads is None:
+        return None
+    return found.get("processes", 1) * threads
 
 
-def run_threads(metadata: dict) -> int | None:
-    """The OpenMP threads of the CP2K run a dataset was imported from (its metadata), read from that run's
-    output (``source_dir``/``project``.out) where it is still at hand; else None."""
-    out_path = Path(metadata.get("source_dir") or "") / f"{metadata.get('project') or ''}.out"
-    return read_cp2k_threads(out_path) if metadata.get("source_dir") and out_path.is_file() else None
+def run_cores(metadata: dict) -> int | None:
+    """The cores of the CP2K run a dataset was imported from (:func:`read_cp2k_cores`), read from the output
+    file among the run's sources (``metadata["sources"]`` in ``source_dir``) where it is still at hand;
+    else None."""
+    source_dir = metadata.get("source_dir")
+    outputs = [entry.get("file", "") for entry in metadata.get("sources") or [] if isinstance(entry, dict)
+               and str(entry.get("file", "")).endswith(".out")]
+    if not source_dir or not outputs or not (Path(source_dir) / outputs[0]).is_file():
+        return None
+    return read_cp2k_cores(Path(source_dir) / outputs[0])
 
 
 # ---------------------------------------------------------------------------------------
@@ -663,7 +679,7 @@ def _index_of(steps: np.ndarray, wanted: np.ndarray) -> np.ndarray:
 
 
 def _seconds_per_step(used_time_s: np.ndarray) -> dict | None:
-    """Mean/median CPU seconds per MD step; rows 0 (no work) and 1 (includes setup) excluded."""
+    """Mean/median wall seconds per MD step; rows 0 (no work) and 1 (includes setup) excluded."""
     body = used_time_s[2:]
     if body.size == 0:
         return None

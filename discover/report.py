@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from discover import compare, metrics, plots
-from discover.cp2k import run_threads
+from discover.cp2k import run_cores
 from discover.dataset import Dataset
 from discover.force_matching import split_frames
 from discover.model import Model
@@ -71,22 +71,25 @@ def run_learned(kernels, dataset: Dataset, out_dir: Path, *, steps: int, nve_ste
     return runs
 
 
-def engine_speed(kernels, dataset: Dataset, dt_fs: float) -> dict:
-    """Seconds per step of the engine alone, one thread, from the first CP2K frame (see
-    :func:`simulate.md.engine_seconds_per_step`): the closed form, as this report's runs take it, and tabulated,
-    as ``mld simulate`` runs it by default (None, with the reason, where the laws cannot be tabulated)."""
+def engine_speed(kernels, dataset: Dataset, dt_fs: float, temperature_k: float) -> dict:
+    """Seconds per step of the engine alone, one thread, from the first CP2K frame, as a long run takes its
+    steps (see :func:`simulate.md.engine_seconds_per_step`): the closed form (the laws this report's runs take),
+    and tabulated, as ``mld simulate`` runs a model by default (None, with the reason, where the laws cannot be
+    tabulated). A frame without velocities (an extended XYZ without momenta) starts from Maxwell–Boltzmann
+    ones at ``temperature_k``: from rest, the atoms would barely move and the lists seldom be rebuilt."""
     from simulate import tabulate
     from simulate.kernels import KernelModuleError
 
-    frame = (dataset.species, dataset.positions[0], box_lengths(dataset.cell[0]), dataset.velocities[0])
-    out = {"threads": 1,
-           "closed_form": md.engine_seconds_per_step(kernels, *frame, steps=ENGINE_STEPS, dt_fs=dt_fs, threads=1)}
+    velocities = dataset.velocities[0] if np.any(dataset.velocities[0]) else None
+    frame = (dataset.species, dataset.positions[0], box_lengths(dataset.cell[0]), velocities)
+    options = {"steps": ENGINE_STEPS, "dt_fs": dt_fs, "threads": 1, "temperature_k": temperature_k}
+    out = {"threads": 1, "closed_form": md.engine_seconds_per_step(kernels, *frame, **options)}
     try:
         tabulated = tabulate.tabulate_kernel_module(kernels)
     except (tabulate.TabulationError, KernelModuleError) as exc:
         out["tabulated"], out["tabulated_note"] = None, str(exc)
     else:
-        out["tabulated"] = md.engine_seconds_per_step(tabulated, *frame, steps=ENGINE_STEPS, dt_fs=dt_fs, threads=1)
+        out["tabulated"] = md.engine_seconds_per_step(tabulated, *frame, **options)
     return out
 
 
@@ -94,22 +97,23 @@ def _ratio(a, b):
     return a / b if a and b else None
 
 
-def speed_figures(n_atoms: int, cp2k_s: float | None, cp2k_threads: int | None, engine: dict, production_s: float,
+def speed_figures(n_atoms: int, cp2k_s: float | None, cp2k_cores: int | None, engine: dict, production_s: float,
                   ns_per_day: float) -> dict:
-    """CP2K's time per step (median wall time; CPU time = wall × its OpenMP threads, where known) against
-    mld's: the engine alone as ``mld simulate`` runs the model (``engine``, see :func:`engine_speed`), and
-    this report's production run, whose output and compilation dominate at a small box's size."""
+    """CP2K's time per step (the mean step's wall time; its CPU time is that times its cores, where known)
+    against mld's: the engine alone as a long ``mld simulate`` run steps the model (``engine``, see
+    :func:`engine_speed`), and this report's production run."""
     engine_s = engine["tabulated"] or engine["closed_form"]
-    cp2k_cpu_s = cp2k_s * cp2k_threads if cp2k_s and cp2k_threads else None
-    return {"n_atoms": n_atoms, "cp2k_seconds_per_step": cp2k_s, "cp2k_threads": cp2k_threads,
+    cp2k_cpu_s = cp2k_s * cp2k_cores if cp2k_s and cp2k_cores else None
+    return {"n_atoms": n_atoms, "cp2k_seconds_per_step": cp2k_s, "cp2k_cores": cp2k_cores,
             "cp2k_cpu_seconds_per_step": cp2k_cpu_s, "engine_seconds_per_step": engine,
             "engine_form": "tabulated" if engine["tabulated"] else "closed_form",
             "speedup": _ratio(cp2k_s, engine_s), "speedup_cpu": _ratio(cp2k_cpu_s, engine_s),
             "production_seconds_per_step": production_s, "production_speedup": _ratio(cp2k_s, production_s),
             "mld_ns_per_day": ns_per_day,
-            "note": "speedup: CP2K's median wall time per step over the engine alone on one thread (speedup_cpu: "
-                    "CP2K's CPU time); production: this report's NVT run, its output every "
-                    f"{FRAME_EVERY_STEPS} steps and the compilation of its loops included"}
+            "note": "speedup: CP2K's mean wall time per step over the engine alone on one thread, as a long run "
+                    "takes its steps (speedup_cpu: CP2K's CPU time, wall × cores); production: this report's NVT "
+                    f"run, with its output every {FRAME_EVERY_STEPS} steps, the compilation of its loops and, at "
+                    "its length, the pass that also sums the energies"}
 
 
 def nve_drift(thermo: pd.DataFrame, n_atoms: int) -> dict:
@@ -255,8 +259,8 @@ def compare_model(model_dir: str | Path, dataset_path: str | Path, out_dir: str 
 
     m: dict = {"schema": "mld.compare.metrics", "schema_version": 3, "default_model": default, "models": {}}
     curves = {}
-    cp2k_s = dataset.metadata.get("cp2k_seconds_per_step", {}).get("median")
-    cp2k_threads = run_threads(dataset.metadata)
+    cp2k_s = (dataset.metadata.get("cp2k_seconds_per_step") or {}).get("mean")  # the benchmark's, too
+    cp2k_cores = run_cores(dataset.metadata)
     for name, folder in variants.items():
         say(f"{LABELS.get(name, name)}: {steps} NVT steps + {nve_steps} NVE steps of {dt_fs} fs at {temperature:g} K")
         kernels = kernel_module_for(folder, out_dir / "run" / name)
@@ -268,7 +272,8 @@ def compare_model(model_dir: str | Path, dataset_path: str | Path, out_dir: str 
                                      dataset.cell[0], FRAME_EVERY_STEPS * dt_fs, LABELS.get(name, name))
         run, curves[name] = analyse_run(reference, learned)
         run["nve"] = nve_drift(runs["nve"]["thermo"], dataset.n_atoms)
-        run["speed"] = speed_figures(dataset.n_atoms, cp2k_s, cp2k_threads, engine_speed(kernels, dataset, dt_fs),
+        run["speed"] = speed_figures(dataset.n_atoms, cp2k_s, cp2k_cores,
+                                     engine_speed(kernels, dataset, dt_fs, temperature),
                                      runs["nvt"]["seconds_per_step"], runs["nvt"]["result"].ns_per_day)
         run["learned_analysed_ps"] = learned.duration_fs / 1000
         m["models"][name] = run
@@ -325,8 +330,8 @@ def _cp2k_time_cell(speed: dict) -> str:
     if not speed["cp2k_seconds_per_step"]:
         return "n/a"
     cell = f"{speed['cp2k_seconds_per_step']:.3g} s"
-    if speed["cp2k_threads"]:
-        cell += f" on {speed['cp2k_threads']} thread(s), {speed['cp2k_cpu_seconds_per_step']:.3g} CPU s"
+    if speed["cp2k_cores"]:
+        cell += f" on {speed['cp2k_cores']} core(s), {speed['cp2k_cpu_seconds_per_step']:.3g} CPU s"
     return cell
 
 
@@ -474,23 +479,23 @@ def report_markdown(m: dict, model_dir: Path) -> str:
             m, lambda run: _diffusion_cell(run["diffusion"]["learned"])) + " |",
         "| NVE drift (eV/atom/ps) | | " + _model_columns(
             m, lambda run: f"{run['nve']['drift_ev_per_atom_per_ps']:.1e}") + " |",
-        f"| time per step at {first['speed']['n_atoms']} atoms, engine alone, as `mld simulate` runs it (one "
-        "thread) | " + _cp2k_time_cell(first["speed"]) + " | " + _model_columns(m, _engine_cell) + " |",
+        f"| time per step at {first['speed']['n_atoms']} atoms, engine alone, as a long `mld simulate` run takes "
+        "it (one thread) | " + _cp2k_time_cell(first["speed"]) + " | " + _model_columns(m, _engine_cell) + " |",
         "| … closed form (one thread) | | " + _model_columns(
             m, lambda run: _time_cell(run["speed"]["engine_seconds_per_step"]["closed_form"],
                                       run["speed"]["cp2k_seconds_per_step"])) + " |",
-        "| … this run, its output and compilation included | | " + _model_columns(
+        "| … this run (output, compilation, energies) | | " + _model_columns(
             m, lambda run: _time_cell(run["speed"]["production_seconds_per_step"],
                                       run["speed"]["cp2k_seconds_per_step"])) + " |",
         "",
         "D: an asterisk marks a value the run is too short to trust (see the verdicts above). Speed: CP2K's own "
-        "timings of the run behind the dataset (the median step's wall time; its CPU time is that times its "
-        "OpenMP threads, read from its output) against mld's engine alone: NVE steps from the first CP2K frame "
-        f"on one thread, {ENGINE_STEPS} timed after untimed ones that compile, as a long run takes them between its "
-        "outputs, "
-        "tabulated where the laws allow (`mld simulate`'s default); × is CP2K's time over mld's, wall time against "
-        "wall time, and in CPU time where CP2K's threads are known. The runs above write a frame every "
-        f"{FRAME_EVERY_STEPS} steps, which, with their compilation, dominates their time at this size. "
+        "timings of the run behind the dataset (the mean step's wall time; its CPU time is that times the cores "
+        "its output states) against mld's engine alone: NVE steps from the first CP2K frame on one thread, "
+        f"{ENGINE_STEPS} timed after untimed ones that compile, as a long run takes them between its outputs (the "
+        "forces-only pass), tabulated where the laws allow (`mld simulate`'s default); × is CP2K's time over "
+        "mld's, wall time against wall time, and in CPU time where CP2K's cores are known. The runs above write a "
+        f"frame every {FRAME_EVERY_STEPS} steps and, at their length, sum the energies every step; with the "
+        "compilation of their loops, that is most of their time at this size. "
         "`benchmarks/results/` has the engine side by side with LAMMPS.",
         "",
         f"![geometry and temperature]({fig('geometry_temperature.png')})",

@@ -60,6 +60,7 @@ THERMO_FLUSH_S = 1.0
 # about how long a compiled block runs between returns to Python (progress, the log written out), when no
 # frame or checkpoint comes sooner
 BLOCK_S = 0.25
+LONG_RUN_STEPS = 1_000_000  # a production run's length, for timings of the engine alone
 
 
 class SimulationBlowUp(MldError, RuntimeError):
@@ -301,6 +302,14 @@ def _bond_cutoffs(kernel_module: ModuleType) -> np.ndarray:
     return topology.bond_cutoff_matrix(kernel_module.BOND_CUTOFF_ANGSTROM, len(kernel_module.SPECIES))
 
 
+def _start_velocities(velocities, masses: np.ndarray, temperature_k: float, seed: int) -> np.ndarray:
+    """A run's first velocities (Å/fs): the given ones less the centre-of-mass motion, or Maxwell–Boltzmann at
+    ``temperature_k`` drawn with ``seed`` where none are given."""
+    if velocities is None:
+        return setup.maxwell_boltzmann(masses, temperature_k, seed)
+    return setup.remove_com_momentum(np.asarray(velocities, dtype=float), masses)
+
+
 def simulate(
     kernel_module: ModuleType,
     species,
@@ -376,10 +385,7 @@ def simulate(
         trajectory.truncate(thermo_path, meta["thermo_bytes"])
         trajectory.truncate(trajectory_path, meta["trajectory_bytes"])
     else:
-        if velocities is None:
-            velocities = setup.maxwell_boltzmann(masses, temperature_k, seed)
-        else:
-            velocities = setup.remove_com_momentum(np.asarray(velocities, dtype=float), masses)
+        velocities = _start_velocities(velocities, masses, temperature_k, seed)
         step = 0
         state = integrator.init(positions, velocities, masses)
         failure = _failure(state, species, box, 0, max_force_ev_per_angstrom, min_distance_angstrom)
@@ -542,29 +548,49 @@ def advance(integrator: integrate.Integrator, state, steps: int, *, block_steps:
     return state, builds
 
 
-def engine_seconds_per_step(kernel_module: ModuleType, species, positions: np.ndarray, box, velocities: np.ndarray,
-                            *, steps: int = 2000, dt_fs: float = 0.5, threads: int = 1, skin_angstrom: float = 1.0,
-                            lead_steps: int = 25, planned_steps: int = 1_000_000) -> float:
-    """Seconds per step of the engine alone: NVE steps from one frame, as a long run of :func:`simulate` takes
-    them between its outputs (:func:`advance`: compiled blocks, a long run's force pass), on ``threads``
-    Numba threads, timed after ``lead_steps`` untimed ones that compile the loops and build the first list.
-    Machines are noisy: it is one timing, not a benchmark (see ``benchmarks/bench_simulate.py``)."""
+def nve_from_frame(kernel_module: ModuleType, species, positions: np.ndarray, box, velocities=None, *,
+                   dt_fs: float = 0.5, skin_angstrom: float = 1.0, temperature_k: float = 300.0,
+                   seed: int = 0) -> tuple[integrate.Integrator, object]:
+    """(NVE integrator, its state at the frame) of a kernel module, started as :func:`simulate` starts a run:
+    the velocities less the centre-of-mass motion, or Maxwell–Boltzmann ones where none are given, and a
+    molecular model's molecules found in the frame."""
     species = np.asarray(species).astype(str)
     box = box_lengths(box)
+    positions = np.asarray(positions, dtype=float)
     types = atom_types(kernel_module, species)
     masses = np.array(kernel_module.MASSES_AMU, dtype=float)[types]
-    positions = np.asarray(positions, dtype=float)
     molecules = (topology.assign_molecules(positions, box, types, _bond_cutoffs(kernel_module))
                  if is_molecular(kernel_module) else None)
+    integrator = integrate.nve(energy.make_force_fn(kernel_module, types, box, skin_angstrom, molecules), dt_fs)
+    return integrator, integrator.init(positions, _start_velocities(velocities, masses, temperature_k, seed), masses)
+
+
+def time_steps(integrator: integrate.Integrator, state, steps: int, *, lead_steps: int = 25, **advance_options
+               ) -> tuple[float, object, int]:
+    """(seconds per step, state, list builds) of ``steps`` steps of :func:`advance` (``advance_options`` are its
+    own), timed after ``lead_steps`` untimed ones: those compile what is not compiled yet and take the first list
+    rebuilds, which a long run spreads over many steps."""
+    state, _ = advance(integrator, state, lead_steps, **advance_options)
+    started = time.perf_counter()
+    state, builds = advance(integrator, state, steps, **advance_options)
+    return (time.perf_counter() - started) / max(steps, 1), state, builds
+
+
+def engine_seconds_per_step(kernel_module: ModuleType, species, positions: np.ndarray, box, velocities=None, *,
+                            steps: int = 2000, dt_fs: float = 0.5, threads: int = 1, skin_angstrom: float = 1.0,
+                            lead_steps: int = 25, planned_steps: int = LONG_RUN_STEPS,
+                            temperature_k: float = 300.0) -> float:
+    """Seconds per step of the engine alone: NVE steps from one frame (:func:`nve_from_frame`) as a run of
+    ``planned_steps`` steps takes them between its outputs (:func:`advance`: compiled blocks; a long run's
+    pass leaves out the energies, see ``simulate.integrate.uses_forces_only``), on ``threads`` Numba threads
+    (the count is put back after), timed after ``lead_steps`` untimed ones (:func:`time_steps`). Machines are
+    noisy: this is one timing, not a benchmark (see ``benchmarks/bench_simulate.py``)."""
     previous = numba.get_num_threads()
     numba.set_num_threads(threads)
     try:
-        integrator = integrate.nve(energy.make_force_fn(kernel_module, types, box, skin_angstrom, molecules), dt_fs)
-        state = integrator.init(positions, setup.remove_com_momentum(np.asarray(velocities, dtype=float), masses),
-                                masses)
-        state, _ = advance(integrator, state, lead_steps, planned_steps=planned_steps)
-        started = time.perf_counter()
-        advance(integrator, state, steps, planned_steps=planned_steps)
-        return (time.perf_counter() - started) / max(steps, 1)
+        integrator, state = nve_from_frame(kernel_module, species, positions, box, velocities, dt_fs=dt_fs,
+                                           skin_angstrom=skin_angstrom, temperature_k=temperature_k)
+        seconds, _, _ = time_steps(integrator, state, steps, lead_steps=lead_steps, planned_steps=planned_steps)
+        return seconds
     finally:
         numba.set_num_threads(previous)

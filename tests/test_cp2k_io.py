@@ -16,13 +16,13 @@ from discover.cp2k import (
     cell_from_input,
     cp2k_input_text,
     import_cp2k_run,
+    read_cp2k_cores,
     read_cp2k_input,
-    read_cp2k_threads,
     read_ener,
     read_xyz_frame,
     read_xyz_trajectory,
+    run_cores,
     run_settings,
-    run_threads,
     water_box,
     write_water_box,
 )
@@ -459,17 +459,20 @@ def test_input_options_are_checked():
         cp2k_input_text(species, positions, cell, thermostat="berendsen")
 
 
-def test_the_openmp_threads_of_a_run_come_from_its_output(excerpt_dir, excerpt_copy):
-    # the excerpt's prod.out states 2 threads (DBCSR| OMP: Current number of threads); a dataset's metadata
-    # leads to that file through its source folder and project
-    assert read_cp2k_threads(excerpt_dir / "prod.out") == 2
-    assert run_threads({"source_dir": str(excerpt_dir), "project": "prod"}) == 2
+def test_the_cores_of_a_run_come_from_its_output(excerpt_dir, excerpt_copy):
+    # the excerpt's prod.out (its first 60 lines) states 2 OpenMP threads (DBCSR| OMP: Current number of
+    # threads); a whole output states MPI processes and threads per process, and the cores are their product
+    assert read_cp2k_cores(excerpt_dir / "prod.out") == 2
     text = (excerpt_copy / "prod.out").read_text()
-    (excerpt_copy / "prod.out").write_text(re.sub(r"(Current number of threads\s+)2", r"\g<1>12", text))
-    assert read_cp2k_threads(excerpt_copy / "prod.out") == 12
-    (excerpt_copy / "prod.out").write_text("\n".join(line for line in text.splitlines() if "OMP" not in line))
-    assert read_cp2k_threads(excerpt_copy / "prod.out") is None
-    # no output at hand: unknown, not a guess
-    assert run_threads({"source_dir": str(excerpt_copy), "project": "elsewhere"}) is None
-    assert run_threads({}) is None
-
+    out = excerpt_copy / "prod.out"
+    out.write_text(text + " GLOBAL| Total number of message passing processes                             4\n"
+                          " GLOBAL| Number of threads for this process                                    3\n")
+    assert read_cp2k_cores(out) == 12
+    out.write_text("\n".join(line for line in text.splitlines() if "OMP" not in line))
+    assert read_cp2k_cores(out) is None
+    # a dataset's metadata leads to the output among the run's sources; without it at hand: unknown, not a guess
+    sources = [{"file": "prod-pos-1.xyz"}, {"file": "prod.out"}]
+    assert run_cores({"source_dir": str(excerpt_dir), "sources": sources}) == 2
+    assert run_cores({"source_dir": str(excerpt_dir), "sources": [{"file": "other.out"}]}) is None
+    assert run_cores({"source_dir": str(excerpt_dir)}) is None
+    assert run_cores({}) is None

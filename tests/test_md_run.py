@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from ase.io import read
 
-from simulate import energy, md, quantity, setup
+from simulate import md, quantity, setup
 from simulate.errors import MldError
 from simulate.kernels import load_kernel_module
 from tests.kernel_examples.starting_frames import argon_fcc
@@ -239,21 +239,23 @@ def test_run_reports_the_ns_per_day_of_its_own_steps(argon, tmp_path):
 
 def test_engine_timing_takes_the_steps_of_a_run_and_puts_the_threads_back(argon, tmp_path):
     # md.advance, which the engine's timing (and the benchmark) runs, reaches the state of a run of md.simulate
-    # bit for bit, in blocks of another length; the timing leaves Numba's thread count as it found it
+    # bit for bit, in blocks of another length and with a long run's forces-only pass; the timing puts Numba's
+    # thread count back, also when it fails
     species, positions, box = argon_fcc(3)
     masses = np.full(len(species), argon.MASSES_AMU[0])
     velocities = setup.maxwell_boltzmann(masses, 100.0, 3)
     run = md.simulate(argon, species, positions, box, velocities, steps=60, dt_fs=2.0, thermostat="nve",
                       out_dir=tmp_path, trajectory_every=60)
-    integrator = md.make_integrator(energy.make_force_fn(argon, md.atom_types(argon, species), box), "nve", 2.0,
-                                    100.0, 100.0, 0.01, 0)
-    state = integrator.init(positions, setup.remove_com_momentum(velocities, masses), masses)
-    state, _ = md.advance(integrator, state, 60, block_steps=7, planned_steps=60)
+    integrator, state = md.nve_from_frame(argon, species, positions, box, velocities, dt_fs=2.0)
+    state, _ = md.advance(integrator, state, 60, block_steps=7, planned_steps=md.LONG_RUN_STEPS)
     np.testing.assert_array_equal(state.positions, run.state.positions)
     np.testing.assert_array_equal(state.velocities, run.state.velocities)
-    threads = numba.get_num_threads()
+    threads = min(2, numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(threads)
     seconds = md.engine_seconds_per_step(argon, species, positions, box, velocities, steps=40, dt_fs=2.0, threads=1,
                                          lead_steps=5)
     assert 0 < seconds < 1
     assert numba.get_num_threads() == threads
-
+    with pytest.raises(ValueError):
+        md.engine_seconds_per_step(argon, species, positions, box, velocities[:5], steps=5, threads=1)
+    assert numba.get_num_threads() == threads

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from discover import report as compare_report
 from discover.cli import app
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -67,8 +68,8 @@ def test_run_report_parses_and_figures_are_png(finished_run):
         assert engine["closed_form"] > 0
         assert speed["speedup"] == pytest.approx(speed["cp2k_seconds_per_step"] / engine["tabulated"], rel=1e-12)
         assert speed["speedup"] > speed["production_speedup"] > 1
-        if speed["cp2k_threads"]:  # CP2K's output at hand (the shared runs): its CPU time, wall × threads
-            assert speed["speedup_cpu"] == pytest.approx(speed["speedup"] * speed["cp2k_threads"], rel=1e-12)
+        if speed["cp2k_cores"]:  # CP2K's output at hand (the shared runs): its CPU time, wall × cores
+            assert speed["speedup_cpu"] == pytest.approx(speed["speedup"] * speed["cp2k_cores"], rel=1e-12)
         else:
             assert speed["speedup_cpu"] is None
     assert set(metrics["force_errors"]) == {"manybody", "manybody_tabulated", "pairwise", "tabulated",
@@ -233,3 +234,19 @@ def test_simulate_cli_resume_from_a_corrupt_checkpoint_is_one_line(finished_run,
     result, _ = _simulate_pairwise(models, small_dataset, tmp_path / "run", "--resume")
     assert result.exit_code == 1
     assert "cannot read checkpoint" in result.output and "Traceback" not in result.output
+
+
+def test_speed_without_cp2k_timings_or_tables_reads_not_available():
+    # a dataset without CP2K's timings (no .ener) and a model whose laws cannot be tabulated: no ratio is made
+    # up, and the report's cells say so
+    engine = {"threads": 1, "closed_form": 1e-4, "tabulated": None, "tabulated_note": "a law with a pole"}
+    speed = compare_report.speed_figures(96, None, None, engine, 3e-4, 10.0)
+    assert speed["engine_form"] == "closed_form"
+    assert speed["speedup"] is None and speed["speedup_cpu"] is None and speed["production_speedup"] is None
+    assert compare_report._cp2k_time_cell(speed) == "n/a"
+    assert compare_report._engine_cell({"speed": speed}) == "100 µs (closed form: the laws cannot be tabulated)"
+    timed = compare_report.speed_figures(96, 1.25, 2, engine, 3e-4, 10.0)
+    assert timed["speedup"] == pytest.approx(12500) and timed["speedup_cpu"] == pytest.approx(25000)
+    assert compare_report._engine_cell({"speed": timed}) == ("100 µs (×12,500), ×25,000 in CPU time (closed form: the laws "
+                                                     "cannot be tabulated)")
+
