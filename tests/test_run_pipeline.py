@@ -76,7 +76,7 @@ def test_run_report_parses_and_figures_are_png(finished_run):
                                             "quadratic_baseline"}
     text = (report / "report.md").read_text()
     assert "GFN1-xTB" in text and "Learned agent losses" in text
-    assert "engine alone, as `mld simulate` runs it" in text
+    assert "engine alone, as a long `mld simulate` run takes it" in text
     for name in ("rdf.png", "parity.png", "pair_laws.png", "pareto.png", "geometry_temperature.png", "vdos.png"):
         data = (report / "figures" / name).read_bytes()
         assert data.startswith(PNG_SIGNATURE), name
