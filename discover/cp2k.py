@@ -20,6 +20,7 @@ frame or line, and what is wrong.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 import re
@@ -515,15 +516,21 @@ def run_settings(root: Cp2kSection) -> dict:
     }
 
 
+BANNER_LINES = 502  # a CP2K output's banner (version, input file, processes and threads) is in its first lines
+
+
+def _banner_lines(out_path: str | os.PathLike):
+    """The first ``BANNER_LINES`` lines of a CP2K output file."""
+    with open(out_path, errors="replace") as handle:
+        yield from itertools.islice(handle, BANNER_LINES)
+
+
 def read_cp2k_version(out_path: str | os.PathLike) -> str | None:
     """The version in a CP2K output file ('CP2K| version string: CP2K version 2023.1' -> '2023.1')."""
-    with open(out_path, errors="replace") as handle:
-        for number, line in enumerate(handle):
-            match = re.search(r"CP2K\|\s*version string:\s*CP2K version\s+(\S+)", line)
-            if match:
-                return match[1]
-            if number > 500:  # the banner is at the top
-                return None
+    for line in _banner_lines(out_path):
+        match = re.search(r"CP2K\|\s*version string:\s*CP2K version\s+(\S+)", line)
+        if match:
+            return match[1]
     return None
 
 
@@ -536,14 +543,11 @@ def read_cp2k_cores(out_path: str | os.PathLike) -> int | None:
     patterns = {"processes": r"GLOBAL\|\s*Total number of message passing processes\s+(\d+)",
                 "threads": r"GLOBAL\|\s*Number of threads for this process\s+(\d+)",
                 "omp": r"OMP: Current number of threads\s+(\d+)"}
-    with open(out_path, errors="replace") as handle:
-        for number, line in enumerate(handle):
-            for key, pattern in patterns.items():
-                match = re.search(pattern, line)
-                if match and key not in found:
-                    found[key] = int(match[1])
-            if number > 500:  # with the banner, at the top
-                break
+    for line in _banner_lines(out_path):
+        for key, pattern in patterns.items():
+            match = re.search(pattern, line)
+            if match and key not in found:
+                found[key] = int(match[1])
     threads = found.get("threads", found.get("omp"))
     if threads is None:
         return None
@@ -625,12 +629,9 @@ def find_run_files(run_dir: str | os.PathLike, project: str | None = None) -> Ru
 
 
 def _output_reads_input(out_path: Path, input_name: str) -> bool:
-    with open(out_path, errors="replace") as handle:
-        for number, line in enumerate(handle):
-            if line.startswith(" CP2K| Input file name"):
-                return line.split()[-1] == input_name
-            if number > 500:
-                break
+    for line in _banner_lines(out_path):
+        if line.startswith(" CP2K| Input file name"):
+            return line.split()[-1] == input_name
     return False
 
 

@@ -319,11 +319,10 @@ def _time_cell(seconds: float | None, cp2k_s: float | None) -> str:
 
 def _engine_cell(run: dict) -> str:
     speed = run["speed"]
-    engine = speed["engine_seconds_per_step"]
-    cell = _time_cell(engine["tabulated"] or engine["closed_form"], speed["cp2k_seconds_per_step"])
+    cell = _time_cell(speed["engine_seconds_per_step"][speed["engine_form"]], speed["cp2k_seconds_per_step"])
     if speed["speedup_cpu"]:
         cell += f", {times(speed['speedup_cpu'])} in CPU time"
-    return cell + ("" if engine["tabulated"] else " (closed form: the laws cannot be tabulated)")
+    return cell + ("" if speed["engine_form"] == "tabulated" else " (closed form: the laws cannot be tabulated)")
 
 
 def _cp2k_time_cell(speed: dict) -> str:

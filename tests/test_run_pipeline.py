@@ -62,7 +62,7 @@ def test_run_report_parses_and_figures_are_png(finished_run):
             assert np.isfinite(run["rdf"][pair]["learned"]["first_peak_angstrom"])
         speed = run["speed"]
         engine = speed["engine_seconds_per_step"]
-        # the engine alone, as `mld simulate` runs the model (tabulated), against CP2K's median step; the
+        # the engine alone, as `mld simulate` runs the model (tabulated), against CP2K's mean step; the
         # production run's time holds its output and the compilation of its loops, so it is slower
         assert speed["engine_form"] == "tabulated" and 0 < engine["tabulated"] < speed["production_seconds_per_step"]
         assert engine["closed_form"] > 0
