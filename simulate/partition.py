@@ -67,7 +67,7 @@ from typing import NamedTuple
 # stalls for whole time slices, ten times slower (measured on 2 cores). Set it to override. On cores
 # of its own a run may let them spin a little before they sleep, as MPI ranks busy-wait:
 # GOMP_SPINCOUNT=20000 (about 0.2 ms) took 30 % less time per 2-thread step at 6,144 atoms and 10 %
-# at 49,152, but 1.6× more with one of the 2 cores busy with other work (see the README).
+# at 49,152, but 1.6× more with one of the 2 cores busy with other work (see benchmarks/PERFORMANCE.md).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numba
