@@ -415,7 +415,7 @@ def simulate_command(
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in --out.")] = False,
     tabulate: Annotated[bool | None, typer.Option(
         help="Run the pair laws (and three-body radial factors) from exactly conservative quintic tables "
-             "(each law's pair or triplet force within 1e-8 eV/Å of its closed form; 2.4–3.1× faster for the "
+             "(each law's pair or triplet force within 1e-8 eV/Å of its closed form; 2.3–3.2× faster for the "
              "learned pair laws, see benchmarks/results/simulate.md). The default, falling back to the "
              "closed form, with a note, for a model whose laws cannot be tabulated, and with --resume as the "
              "checkpoint's run did; --no-tabulate runs the closed form itself.")] = None,
